@@ -1,0 +1,1 @@
+"""mvsim: the multi-view theory of ensembles and distillation, runnable."""
