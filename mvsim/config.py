@@ -1,0 +1,631 @@
+"""Configs, presets and field-by-field overrides.
+
+Every number that the paper leaves asymptotic in k ("poly(k)", "1/polylog(k)",
+"can be arbitrary") is a named field here with a documented default, never a constant
+buried in the code. Field names follow the paper's symbols (see
+``../shared/paper-notes.md`` §1.5) so that a reader can map them one to one, and they
+are unique across sections, so ``--set k=20`` needs no section prefix.
+
+Configs are frozen dataclasses, validated on construction (an invalid value raises
+:class:`ConfigError` naming the field and its allowed range before any compute), hashable
+(so they can be static arguments of ``jax.jit``) and serialisable to and from JSON.
+
+A preset is a function of the user's overrides rather than a fixed table: fields that
+the paper expresses through other fields (the noise scales through ``d``, the theory
+preset's everything through ``k``) are derived from the overridden values, and explicit
+overrides always win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Range = tuple[float, float]
+
+
+class ConfigError(ValueError):
+    """An invalid config value. The message names the field and the allowed range."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"config field '{field_name}' = {value!r} is invalid: {allowed}")
+
+
+# --- validation helpers ---------------------------------------------------------------
+
+
+def _int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(name, v, "must be an integer")
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(name, v, f"must be in [{lo}, {hi if hi is not None else '∞'})")
+
+
+def _real(
+    name: str,
+    v: Any,
+    lo: float,
+    hi: float = math.inf,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ConfigError(name, v, "must be a finite real number")
+    bad_lo = v <= lo if lo_open else v < lo
+    bad_hi = v >= hi if hi_open else v > hi
+    if bad_lo or bad_hi:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open or hi == math.inf else "]"
+        raise ConfigError(name, v, f"must be in {lb}{lo}, {hi}{rb}")
+
+
+def _range(name: str, v: Any, lo: float = 0.0, hi: float = math.inf) -> None:
+    if not (isinstance(v, tuple) and len(v) == 2):
+        raise ConfigError(name, v, "must be a pair (lo, hi)")
+    a, b = v
+    _real(f"{name}[0]", a, lo, hi)
+    _real(f"{name}[1]", b, lo, hi)
+    if a > b:
+        raise ConfigError(name, v, "needs lo <= hi")
+
+
+def _choice(name: str, v: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if v not in allowed:
+        raise ConfigError(name, v, f"must be one of {allowed}")
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Definition 3.1 of the paper: the multi-view / single-view distribution.
+
+    Sizes: an input X has ``P`` patches in R^``d``; class j in [k] has two orthonormal
+    views v_{j,1}, v_{j,2}. z-sum ranges are the allowed values of Σ_{p∈P_v(X)} z_p, drawn
+    uniformly inside the range (the paper lets them be arbitrary inside it).
+    """
+
+    k: int = 10
+    """Number of classes. The paper: sufficiently large; all statements asymptotic in k."""
+    d: int = 200
+    """Patch dimension. The paper: poly(k). Must be ≥ 2k (orthonormal views)."""
+    P: int = 16
+    """Patches per input. The paper: k² (moderate confidence)."""
+    C_p: int = 1
+    """Patches carrying each present feature (disjoint across features)."""
+    s: float = 4.0
+    """Noisy-feature rate: each other-class view is present with probability s/k."""
+    max_noisy: int | None = None
+    """Cap on noisy features per sample (None = 2(k−1), i.e. no cap). A finite P forces
+    one: when more are drawn, a uniformly random subset of this size is kept."""
+    mu: float = 1 / 31
+    """Single-view fraction μ (D_s with prob. μ, D_m with prob. 1−μ)."""
+    N: int = 620
+    """Training-set size."""
+    train_composition: Literal["stratified", "iid"] = "stratified"
+    """'iid': N i.i.d. draws from the mixture (the paper). 'stratified': exactly
+    round(μN) single-view points, balanced over (class, strong view), and balanced classes
+    for the multi-view rest: removes the finite-N chance that a (class, view) has no
+    single-view point at all."""
+    own_z: Range = (1.0, 1.0)
+    """Σz of a sample's own views (both in D_m; the strong view in D_s). Paper: [1, O(1)]."""
+    noisy_z_multi: Range = (0.2, 0.4)
+    """Σz of each noisy feature in D_m. Paper: [Ω(1), 0.4]."""
+    rho: Range = (0.02, 0.04)
+    """Σz of the weak view in D_s. Paper: [ρ, O(ρ)] with ρ = k^−0.01."""
+    Gamma: Range = (0.05, 0.1)
+    """Σz of each noisy feature in D_s. Paper: [Ω(Γ), Γ], Γ = 1/polylog k; keep ρ < Γ."""
+    z_split: Literal["equal", "random"] = "random"
+    """How a z-sum is split over a feature's C_p patches: equal parts, or uniform random
+    proportions (flat Dirichlet). The paper: arbitrary. Irrelevant when C_p = 1."""
+    gamma: float = 0.0
+    """Feature noise: every patch gets α_{p,v} ~ U[0, γ] of every view v. Paper: small."""
+    sigma_p: float = 0.1 / math.sqrt(200)
+    """Gaussian noise std per coordinate on feature patches (norm ≈ σ_p·√d).
+    Paper: 1/(√d polylog k)."""
+    sigma_n: float = 1.2 / math.sqrt(200)
+    """Gaussian noise std per coordinate on noise-only patches. Paper: γk/√d."""
+    project_noise: bool = True
+    """Project the Gaussian noise off the span of the 2k views: the d → ∞ limit of the
+    paper's noise. At CPU-sized d, isotropic noise leaks ≈ σ√d/√d along every view and
+    feeds the losing view (feasibility study 2). False gives isotropic noise."""
+
+    def __post_init__(self) -> None:
+        _int("k", self.k, 2)
+        _int("d", self.d, 1)
+        if self.d < 2 * self.k:
+            raise ConfigError("d", self.d, f"must be ≥ 2k = {2 * self.k} (orthonormal views)")
+        _int("C_p", self.C_p, 1)
+        _real("s", self.s, 0.0, self.k)
+        if self.max_noisy is not None:
+            _int("max_noisy", self.max_noisy, 0, 2 * (self.k - 1))
+        _int("P", self.P, 1)
+        need = self.C_p * (2 + self.noisy_cap)
+        if self.P < need:
+            raise ConfigError(
+                "P",
+                self.P,
+                f"must be ≥ C_p·(2 + max_noisy) = {self.C_p}·(2 + {self.noisy_cap}) = {need} "
+                "so every feature gets its own patches (lower max_noisy or raise P)",
+            )
+        _real("mu", self.mu, 0.0, 1.0)
+        _int("N", self.N, 1)
+        _choice("train_composition", self.train_composition, ("stratified", "iid"))
+        for name in ("own_z", "noisy_z_multi", "rho", "Gamma"):
+            _range(name, getattr(self, name))
+        _choice("z_split", self.z_split, ("equal", "random"))
+        _real("gamma", self.gamma, 0.0)
+        _real("sigma_p", self.sigma_p, 0.0)
+        _real("sigma_n", self.sigma_n, 0.0)
+        if not isinstance(self.project_noise, bool):
+            raise ConfigError("project_noise", self.project_noise, "must be true or false")
+
+    @property
+    def noisy_cap(self) -> int:
+        """The effective cap on noisy features per sample."""
+        return 2 * (self.k - 1) if self.max_noisy is None else self.max_noisy
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The learner: F_i(X) = Σ_r Σ_p ReLU~(⟨w_{i,r}, x_p⟩), second layer fixed to 1."""
+
+    m: int = 4
+    """Neurons per class. Paper: m ∈ [polylog k, k]."""
+    q: int = 4
+    """Power of the smoothed ReLU's polynomial part. Paper: constant q ≥ 3."""
+    varrho: float = 1.0
+    """Threshold ϱ where the smoothed ReLU turns linear. Paper: 1/polylog k."""
+    sigma_0: float = 0.033
+    """Init std of every weight. Paper: σ_0^{q−2} = 1/k, far too large at small k (no
+    lottery): the finite-k default keeps σ_0/ϱ ≈ 0.03."""
+
+    def __post_init__(self) -> None:
+        _int("m", self.m, 1)
+        _int("q", self.q, 1)
+        _real("varrho", self.varrho, 0.0, lo_open=True)
+        _real("sigma_0", self.sigma_0, 0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Full-batch gradient descent on the softmax cross-entropy."""
+
+    eta: float = 20 / 3
+    """Learning rate η. Paper: ≤ 1/poly(k). At finite k GD is already at its flow limit
+    with η/k ≈ 0.67ϱ (halving η changed nothing); larger η/k lets a view jump past ϱ."""
+    T: int = 5000
+    """Maximum number of GD steps. Paper: poly(k)/η. Must cover the slowest class."""
+    chunk: int = 250
+    """Steps per compiled ``lax.scan`` chunk; early stopping is checked between chunks."""
+    stop: Literal["accuracy", "loss", "none"] = "accuracy"
+    """Per-seed early stop: at perfect training accuracy, at training loss < loss_tol, or
+    never (run T steps). A stopped seed's weights are frozen."""
+    loss_tol: float = 1e-3
+    """Loss threshold for ``stop = 'loss'``."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating point precision of data and weights."""
+    n_log: int = 48
+    """Number of log-spaced steps at which loss, accuracy and Λ are recorded."""
+
+    def __post_init__(self) -> None:
+        _real("eta", self.eta, 0.0, lo_open=True)
+        _int("T", self.T, 1)
+        _int("chunk", self.chunk, 1)
+        _choice("stop", self.stop, ("accuracy", "loss", "none"))
+        _real("loss_tol", self.loss_tol, 0.0)
+        _choice("dtype", self.dtype, ("float32", "float64"))
+        _int("n_log", self.n_log, 2)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation and self-distillation (paper §4–5, notes §4)."""
+
+    kd_objective: Literal["paper", "hinton"] = "paper"
+    """'paper': −η∇CE − η′·E[(p^τ_i(F) − p^τ_i(G))^− ∇F_i] (the one-sided update the
+    theorems use). 'hinton': α·CE + (1−α)·τ²·KL(softmax(G/τ) ‖ softmax(F/τ))."""
+    kd_tau: float = 1 / 3
+    """Temperature τ. For 'paper' with truncation: p^τ = softmax(min(τ²F, 1)/τ)."""
+    kd_truncate: bool = True
+    """Use the paper's truncated scaled logits min(τ²F, 1)/τ (else F/τ)."""
+    kd_eta_ratio: float = 1.0
+    """η′/η for the paper's update. Paper: poly(k). Above ~10 the untruncated form diverges."""
+    kd_hard_label: bool = True
+    """Keep the hard-label cross-entropy term in the paper's update (recalled, unconfirmed)."""
+    kd_alpha: float = 0.5
+    """Weight α of the hard-label CE in the Hinton objective."""
+    kd_T: int = 2000
+    """GD steps for distilled students (no early stop: the paper's statement is about
+    most iterations of a run, not a stopping time)."""
+
+    def __post_init__(self) -> None:
+        _choice("kd_objective", self.kd_objective, ("paper", "hinton"))
+        _real("kd_tau", self.kd_tau, 0.0, lo_open=True)
+        if not isinstance(self.kd_truncate, bool):
+            raise ConfigError("kd_truncate", self.kd_truncate, "must be true or false")
+        _real("kd_eta_ratio", self.kd_eta_ratio, 0.0)
+        if not isinstance(self.kd_hard_label, bool):
+            raise ConfigError("kd_hard_label", self.kd_hard_label, "must be true or false")
+        _real("kd_alpha", self.kd_alpha, 0.0, 1.0)
+        _int("kd_T", self.kd_T, 1)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What ``mvsim verify`` trains and how it measures."""
+
+    seeds: int = 10
+    """K: independently initialised single models (also the ensemble size)."""
+    n_test_multi: int = 100_000
+    """Multi-view test points (a stratum of its own, weight 1−μ)."""
+    n_test_single: int = 40_000
+    """Single-view test points (weight μ). ≈ 38k gives a ±0.005 95% CI at error 0.5."""
+    view_threshold: float = 0.5
+    """A view (i, ℓ) counts as learned when Λ_{i,ℓ} ≥ view_threshold·ϱ at the end."""
+    seed: int = 0
+    """Master seed, split into named streams (data, init, test) so stages never shift
+    each other's randomness."""
+
+    def __post_init__(self) -> None:
+        _int("seeds", self.seeds, 2)
+        _int("n_test_multi", self.n_test_multi, 0)
+        _int("n_test_single", self.n_test_single, 1)
+        _real("view_threshold", self.view_threshold, 0.0, lo_open=True)
+        _int("seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved config: one section per concept, unique field names."""
+
+    preset: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def __post_init__(self) -> None:
+        if self.verify.n_test_multi == 0 and self.data.mu < 1:
+            raise ConfigError(
+                "n_test_multi",
+                0,
+                "must be ≥ 1 unless mu = 1 (the multi-view stratum has weight 1−μ)",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
+        """Inverse of :meth:`to_dict` (nested); unknown keys are errors."""
+        kwargs: dict[str, Any] = {}
+        for name, sec_cls in _SECTIONS.items():
+            if name in d:
+                kwargs[name] = _build(sec_cls, d[name])
+        unknown = set(d) - set(_SECTIONS) - {"preset"}
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], d[sorted(unknown)[0]], "unknown config field")
+        return cls(preset=d.get("preset", "custom"), **kwargs)
+
+    @classmethod
+    def from_json(cls, s: str) -> Config:
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with flat field overrides (``cfg.replace(k=20, mu=0.1)``), validated."""
+        by_section: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section = FIELD_SECTION.get(key)
+            if section is None:
+                raise ConfigError(
+                    key, value, f"unknown config field; known: {sorted(FIELD_SECTION)}"
+                )
+            by_section.setdefault(section, {})[key] = value
+        new = {
+            sec: dataclasses.replace(getattr(self, sec), **vals) for sec, vals in by_section.items()
+        }
+        return dataclasses.replace(self, **new)
+
+    def flat(self) -> dict[str, Any]:
+        """All fields in one flat mapping (names are unique across sections)."""
+        out: dict[str, Any] = {}
+        for sec in _SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, sec)))
+        return out
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "distill": DistillConfig,
+    "verify": VerifyConfig,
+}
+
+FIELD_SECTION: dict[str, str] = {
+    f.name: sec for sec, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+}
+assert len(FIELD_SECTION) == sum(len(dataclasses.fields(c)) for c in _SECTIONS.values())
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(key, values[key], f"unknown field of {cls.__name__}")
+    return cls(**{k: coerce(k, v) for k, v in values.items()})
+
+
+# --- parsing ------------------------------------------------------------------------
+
+
+def _field_type(name: str) -> Any:
+    cls = _SECTIONS[FIELD_SECTION[name]]
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a JSON/TOML/CLI value to the declared type of field ``name``."""
+    if name not in FIELD_SECTION:
+        raise ConfigError(name, value, f"unknown config field; known: {sorted(FIELD_SECTION)}")
+    tp = _field_type(name)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(value, str):
+        return _parse_str(name, value, tp)
+    if tp is Range or (origin is tuple):
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return (_num(name, value[0]), _num(name, value[1]))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (float(value), float(value))
+        raise ConfigError(name, value, "must be a pair lo,hi")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and int in args:
+        return value
+    return value
+
+
+def _num(name: str, v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(name, v, "must be a number") from None
+
+
+def _parse_str(name: str, text: str, tp: Any) -> Any:
+    text = text.strip()
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    try:
+        if tp is Range or origin is tuple:
+            parts = [p for p in text.replace("(", "").replace(")", "").split(",")]
+            if len(parts) == 1:
+                v = float(parts[0])
+                return (v, v)
+            if len(parts) != 2:
+                raise ValueError
+            return (float(parts[0]), float(parts[1]))
+        if tp is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if type(None) in args:  # int | None
+            if text.lower() in ("none", "null", ""):
+                return None
+            return int(text)
+        if origin is Literal:
+            return text
+        if tp is str:
+            return text
+    except ValueError:
+        raise ConfigError(name, text, f"cannot parse as {_type_name(tp)}") from None
+    return text
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Range:
+        return "a pair lo,hi"
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--set`` items of the form ``field=value`` into typed overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(item, item, "a --set item must look like field=value, e.g. k=20")
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if "." in key:  # accept section.field too
+            key = key.split(".", 1)[1]
+        if not key:
+            raise ConfigError(item, item, "a --set item must look like field=value, e.g. k=20")
+        out[key] = coerce(key, value)
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read overrides from a JSON or TOML file: flat ``{field: value}`` or by section."""
+    path = Path(path)
+    text = path.read_text()
+    raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS and isinstance(value, Mapping):
+            for k2, v2 in value.items():
+                flat[k2] = coerce(k2, v2)
+        elif key == "preset":
+            continue
+        else:
+            flat[key] = coerce(key, value)
+    return flat
+
+
+# --- presets ------------------------------------------------------------------------
+
+
+def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
+    """k = 10 regime of the feasibility study (study 2): projected noise of norm 0.1 on
+    feature patches and 1.2 elsewhere, ϱ = 1, σ_0/ϱ ≈ 0.033, q = 4, s = 4 with ρ < Γ,
+    60 multi-view points per class and one single-view point per (class, view)."""
+    k = o.get("k", 10)
+    d = o.get("d", 200)
+    varrho = o.get("varrho", 1.0)
+    n_multi, n_single = 60 * k, 2 * k
+    return dict(
+        k=k,
+        d=d,
+        P=16,
+        s=4.0,
+        max_noisy=14,
+        N=n_multi + n_single,
+        mu=n_single / (n_multi + n_single),
+        sigma_p=0.1 / math.sqrt(d),
+        sigma_n=1.2 / math.sqrt(d),
+        varrho=varrho,
+        sigma_0=0.033 * varrho,
+        eta=2 / 3 * varrho * k,
+    )
+
+
+def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
+    """Seconds-sized runs for the test suite: k = 4, small N and d, few steps."""
+    k = o.get("k", 4)
+    d = o.get("d", 64)
+    n_multi, n_single = 30 * k, 2 * k
+    return dict(
+        k=k,
+        d=d,
+        P=8,
+        s=1.5,
+        max_noisy=6,
+        N=n_multi + n_single,
+        mu=n_single / (n_multi + n_single),
+        sigma_p=0.1 / math.sqrt(d),
+        sigma_n=1.0 / math.sqrt(d),
+        m=2,
+        varrho=1.0,
+        sigma_0=0.15,
+        eta=2 / 3 * k,
+        T=2000,
+        chunk=100,
+        kd_T=500,
+        seeds=3,
+        n_test_multi=2000,
+        n_test_single=2000,
+    )
+
+
+def _theory(o: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's recipe, every parameter computed from k (notes §1.5). Where the paper
+    gives only an order (poly, polylog), the simplest member is taken: d = 4k², log = ln,
+    μ = 1/k, N = k^1.2/μ, s = k^0.2, m = ⌈ln k⌉, T = k³, feature noise γ = 0 and
+    noise-only patches of norm 1 (σ_n = γk/√d with the unknown γ taken as 1/k), isotropic
+    noise, i.i.d. training set. Expect it to fail at
+    small k: the orderings it relies on (ρ ≪ Γ, σ_0 ≪ ϱ) do not hold there."""
+    k = o.get("k", 10)
+    q = o.get("q", 4)
+    lk = math.log(k)
+    d = o.get("d", 4 * k * k)
+    mu = o.get("mu", 1 / k)
+    rho = k**-0.01
+    Gamma = 1 / lk
+    s = min(k**0.2, float(k))
+    P = k * k
+    return dict(
+        k=k,
+        d=d,
+        P=P,
+        C_p=1,
+        s=s,
+        max_noisy=min(2 * (k - 1), P - 2),
+        mu=mu,
+        N=max(int(round(k**1.2 / mu)), k),
+        train_composition="iid",
+        own_z=(1.0, 1.0),
+        noisy_z_multi=(0.2, 0.4),
+        rho=(rho, min(2 * rho, 1.0)),
+        Gamma=(Gamma / 2, Gamma),
+        gamma=0.0,
+        sigma_p=1 / (math.sqrt(d) * lk),
+        sigma_n=1 / math.sqrt(d),
+        project_noise=False,
+        m=max(1, math.ceil(lk)),
+        q=q,
+        varrho=1 / lk,
+        sigma_0=k ** (-1 / (q - 2)) if q > 2 else 1 / k,
+        eta=1 / k,
+        T=k**3,
+        stop="accuracy",
+    )
+
+
+PRESETS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "demo": _demo,
+    "tiny": _tiny,
+    "theory": _theory,
+}
+
+
+def make_config(preset: str = "demo", overrides: Mapping[str, Any] | None = None) -> Config:
+    """Resolve a preset with overrides (flat field names), validating everything.
+
+    Raises :class:`ConfigError` for an unknown preset or field, or an invalid value.
+    """
+    if preset not in PRESETS:
+        raise ConfigError("preset", preset, f"must be one of {sorted(PRESETS)}")
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if key not in FIELD_SECTION:
+            raise ConfigError(
+                key, overrides[key], f"unknown config field; known: {sorted(FIELD_SECTION)}"
+            )
+    values = PRESETS[preset](overrides)
+    values.update(overrides)
+    by_section: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
+    for key, value in values.items():
+        by_section[FIELD_SECTION[key]][key] = coerce(key, value)
+    return Config(
+        preset=preset, **{sec: _SECTIONS[sec](**vals) for sec, vals in by_section.items()}
+    )
+
+
+def describe_presets() -> str:
+    """A human-readable listing of every preset and its resolved values."""
+    lines = []
+    for name, fn in PRESETS.items():
+        cfg = make_config(name)
+        lines.append(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
+        for key, value in cfg.flat().items():
+            if isinstance(value, float):
+                value = f"{value:.6g}"
+            elif isinstance(value, tuple):
+                value = "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
+            lines.append(f"    {key} = {value}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""The multi-view data distribution of Definition 3.1 (paper notes §1).
+
+Everything here is a pure function of a PRNG key and a :class:`~mvsim.config.DataConfig`,
+jit-compiled with the config static, and vectorised over samples (no per-sample Python).
+
+Shapes: ``n`` samples, ``P`` patches, ``d`` dimensions, ``k`` classes, 2 views per class.
+A sample's input is ``x = coef · V + noise`` where ``coef`` (n, P, k, 2) holds every
+patch's coefficient on every view (the z's of feature patches plus the feature noise α)
+and ``V`` (k, 2, d) the orthonormal views.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mvsim.config import DataConfig
+
+View = Literal["mixed", "multi", "single"]
+
+
+class Batch(NamedTuple):
+    """A data set. ``strong_view`` is ℓ̂ ∈ {0, 1} for single-view points and −1 otherwise."""
+
+    x: jax.Array  # (n, P, d)
+    y: jax.Array  # (n,) int32 labels in [0, k)
+    single_view: jax.Array  # (n,) bool
+    strong_view: jax.Array  # (n,) int32
+
+
+class GroundTruth(NamedTuple):
+    """What generated a :class:`Batch`: ``x == einsum('npkl,kld->npd', coef, V) + noise``."""
+
+    coef: jax.Array  # (n, P, k, 2) coefficient of every view in every patch
+    noise: jax.Array  # (n, P, d) Gaussian noise ξ
+    present: jax.Array  # (n, k, 2) bool: the feature set V(X)
+    patches: jax.Array  # (n, k, 2, C_p) int32: P_v(X), meaningful where present
+    zsum: jax.Array  # (n, k, 2) Σ_{p∈P_v(X)} z_p (0 where absent)
+    n_noisy_dropped: jax.Array  # (n,) int32: noisy features removed by the max_noisy cap
+
+
+def features(key: jax.Array, d: int, k: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """2k orthonormal views in R^d, as an array (k, 2, d): a random rotation of e_1..e_2k."""
+    g = jax.random.normal(key, (d, 2 * k), dtype=jnp.float32)
+    q, r = jnp.linalg.qr(g)
+    # Fix the sign ambiguity of QR so the result is a deterministic function of the key.
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    return q.T.reshape(k, 2, d).astype(dtype)
+
+
+def _uniform(key: jax.Array, shape: tuple[int, ...], rng: tuple[float, float]) -> jax.Array:
+    return jax.random.uniform(key, shape, minval=rng[0], maxval=rng[1])
+
+
+def _labels(
+    key: jax.Array, cfg: DataConfig, n: int, view: View, stratified: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Labels y, the single-view flag and ℓ̂ for n samples."""
+    k = cfg.k
+    ky, ks, kl = jax.random.split(key, 3)
+    if stratified:
+        # Exactly round(μn) single-view points cycling over (class, strong view), then
+        # multi-view points cycling over classes: no (class, view) is left out by chance.
+        n_single = {"mixed": round(cfg.mu * n), "multi": 0, "single": n}[view]
+        idx = jnp.arange(n)
+        is_single = idx < n_single
+        j = jnp.where(is_single, idx, idx - n_single)
+        y = (j % k).astype(jnp.int32)
+        strong = jnp.where(is_single, (j // k) % 2, -1).astype(jnp.int32)
+        return y, is_single, strong
+    y = jax.random.randint(ky, (n,), 0, k, dtype=jnp.int32)
+    if view == "mixed":
+        is_single = jax.random.bernoulli(ks, cfg.mu, (n,))
+    else:
+        is_single = jnp.full((n,), view == "single")
+    strong = jax.random.randint(kl, (n,), 0, 2, dtype=jnp.int32)
+    return y, is_single, jnp.where(is_single, strong, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "view", "stratified", "dtype"))
+def _sample(
+    key: jax.Array,
+    V: jax.Array,
+    cfg: DataConfig,
+    n: int,
+    view: View,
+    stratified: bool,
+    dtype: jnp.dtype,
+) -> tuple[Batch, GroundTruth]:
+    k, P, d, C = cfg.k, cfg.P, cfg.d, cfg.C_p
+    keys = jax.random.split(key, 10)
+    y, is_single, strong = _labels(keys[0], cfg, n, view, stratified)
+
+    own = jax.nn.one_hot(y, k, dtype=jnp.bool_)[:, :, None] & jnp.ones((1, 1, 2), jnp.bool_)
+
+    # V'(X): every other-class view independently with probability s/k, then at most
+    # max_noisy of them kept (a uniformly random subset when the draw exceeds the cap).
+    noisy = jax.random.bernoulli(keys[1], cfg.s / k, (n, k, 2)) & ~own
+    prio = jax.random.uniform(keys[2], (n, k, 2))
+    flat_prio = jnp.where(noisy, prio, 2.0).reshape(n, 2 * k)
+    rank = jnp.argsort(jnp.argsort(flat_prio, axis=1), axis=1).reshape(n, k, 2)
+    kept = noisy & (rank < cfg.noisy_cap)
+    dropped = (noisy.sum((1, 2)) - kept.sum((1, 2))).astype(jnp.int32)
+    present = own | kept
+
+    # z-sums (notes §1.2 table): own views [1, O(1)]; in D_s the weak view is ρ-scale and
+    # noisy features Γ-scale; in D_m noisy features are in [Ω(1), 0.4].
+    shape = (n, k, 2)
+    sv = is_single[:, None, None]
+    ell = jnp.arange(2)[None, None, :]
+    weak = own & sv & (ell != strong[:, None, None])
+    z_own = jnp.where(weak, _uniform(keys[3], shape, cfg.rho), _uniform(keys[4], shape, cfg.own_z))
+    z_noisy = jnp.where(
+        sv, _uniform(keys[5], shape, cfg.Gamma), _uniform(keys[6], shape, cfg.noisy_z_multi)
+    )
+    zsum = jnp.where(own, z_own, jnp.where(kept, z_noisy, 0.0))
+
+    # Disjoint patch sets: a random permutation of the patches per sample, with the t-th
+    # present feature taking positions [t·C_p, (t+1)·C_p) of it.
+    perm = jnp.argsort(jax.random.uniform(keys[7], (n, P)), axis=1).astype(jnp.int32)
+    slot = jnp.cumsum(present.reshape(n, 2 * k), axis=1).reshape(n, k, 2) - 1
+    pos = jnp.clip(slot, 0)[..., None] * C + jnp.arange(C)  # (n, k, 2, C)
+    pos = jnp.minimum(pos, P - 1)  # absent features only; masked below
+    patches = jnp.take_along_axis(perm, pos.reshape(n, -1), axis=1).reshape(n, k, 2, C)
+
+    if cfg.z_split == "equal" or C == 1:
+        split = jnp.full((n, k, 2, C), 1.0 / C)
+    else:
+        e = jax.random.exponential(keys[8], (n, k, 2, C))
+        split = e / e.sum(-1, keepdims=True)
+    z = zsum[..., None] * split * present[..., None]
+
+    rows = jnp.arange(n)[:, None, None, None]
+    view_idx = jnp.arange(2 * k).reshape(1, k, 2, 1)
+    coef = jnp.zeros((n, P, 2 * k)).at[rows, patches, view_idx].add(z)
+    in_set = jnp.broadcast_to(present[..., None], patches.shape)
+    feature_patch = jnp.zeros((n, P), jnp.bool_).at[rows, patches].max(in_set)
+
+    ka, kn = jax.random.split(keys[9])
+    if cfg.gamma > 0:
+        coef = coef + jax.random.uniform(ka, (n, P, 2 * k), maxval=cfg.gamma)
+
+    Vf = V.reshape(2 * k, d).astype(jnp.float32)
+    std = jnp.where(feature_patch, cfg.sigma_p, cfg.sigma_n)[..., None]
+    noise = jax.random.normal(kn, (n, P, d)) * std
+    if cfg.project_noise:
+        noise = noise - (noise @ Vf.T) @ Vf
+    x = coef @ Vf + noise
+
+    batch = Batch(x.astype(dtype), y, is_single, strong)
+    truth = GroundTruth(
+        coef.reshape(n, P, k, 2).astype(dtype),
+        noise.astype(dtype),
+        present,
+        patches,
+        zsum.astype(dtype),
+        dropped,
+    )
+    return batch, truth
+
+
+def sample(
+    key: jax.Array,
+    cfg: DataConfig,
+    n: int,
+    V: jax.Array,
+    *,
+    view: View = "mixed",
+    stratified: bool = False,
+    ground_truth: bool = False,
+    dtype: jnp.dtype = jnp.float32,
+) -> Batch | tuple[Batch, GroundTruth]:
+    """Draw n samples of Definition 3.1.
+
+    Args:
+      key: PRNG key; the result is a deterministic function of it.
+      cfg: the data config.
+      n: number of samples.
+      V: views (k, 2, d) from :func:`features` (shared by training and test sets).
+      view: 'mixed' (D_s with probability μ, else D_m), 'multi' (all D_m) or 'single'.
+      stratified: exact composition instead of i.i.d. labels (see ``train_composition``).
+      ground_truth: also return the :class:`GroundTruth`.
+      dtype: dtype of ``x``.
+
+    Returns:
+      A :class:`Batch`, or ``(Batch, GroundTruth)``.
+    """
+    if view not in ("mixed", "multi", "single"):
+        raise ValueError(f"view = {view!r}: must be 'mixed', 'multi' or 'single'")
+    if n < 1:
+        raise ValueError(f"n = {n}: must be ≥ 1")
+    batch, truth = _sample(key, V, cfg, n, view, stratified, jnp.dtype(dtype))
+    return (batch, truth) if ground_truth else batch
+
+
+def training_set(
+    key: jax.Array, cfg: DataConfig, V: jax.Array, dtype: jnp.dtype = jnp.float32
+) -> Batch:
+    """The training set Z: N samples, composed as ``cfg.train_composition`` says."""
+    return sample(key, cfg, cfg.N, V, stratified=cfg.train_composition == "stratified", dtype=dtype)
+
+
+def iter_chunks(
+    key: jax.Array,
+    cfg: DataConfig,
+    n: int,
+    V: jax.Array,
+    view: View,
+    chunk: int = 8192,
+    dtype: jnp.dtype = jnp.float32,
+):
+    """Yield a large test set of ``n`` points in chunks (fixed shape, so one compile).
+
+    The last chunk is drawn full-size and trimmed; each chunk has its own key, so the
+    set is a deterministic function of (key, n, chunk).
+    """
+    n_chunks = -(-n // chunk)
+    for i, kc in enumerate(jax.random.split(key, n_chunks)):
+        b = sample(kc, cfg, chunk, V, view=view, dtype=dtype)
+        take = min(chunk, n - i * chunk)
+        yield b if take == chunk else Batch(*(a[:take] for a in b))

@@ -1,0 +1,119 @@
+"""The learner of the paper (notes §2): a two-layer patch CNN with a smoothed ReLU.
+
+    F_i(X) = Σ_{r∈[m]} Σ_{p∈[P]} ReLU~(⟨w_{i,r}, x_p⟩),   W = (w_{i,r}) ∈ R^{k×m×d}
+
+The second layer is fixed to all-ones and not trained. Patches do not overlap, so the
+"convolution" is one matmul of the (n·P, d) patches with the (d, k·m) weights.
+
+Models are (init, apply) pairs of pure functions over a params pytree, jax-md style, so
+they jit and vmap cleanly; :func:`averaged` builds the "training average" model from the
+same pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mvsim.config import ModelConfig
+
+Params = jax.Array  # (k, m, d) for one network; (K, k, m, d) for an averaged model
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+
+def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
+    """ReLU~(z): 0 for z ≤ 0, z^q/(q ϱ^{q−1}) on [0, ϱ], z − (1 − 1/q)ϱ above ϱ.
+
+    C¹ with derivative (z/ϱ)^{q−1} on [0, ϱ]. The polynomial piece is evaluated at z
+    clipped to [0, ϱ], so no branch ever sees an argument that would give NaN gradients.
+    """
+    zc = jnp.clip(z, 0.0, varrho)
+    poly = zc**q / (q * varrho ** (q - 1))
+    lin = z - (1.0 - 1.0 / q) * varrho
+    return jnp.where(z >= varrho, lin, poly)
+
+
+def smoothed_relu_grad(z: jax.Array, q: int, varrho: float) -> jax.Array:
+    """ReLU~'(z) in closed form: 0 for z ≤ 0, (z/ϱ)^{q−1} on [0, ϱ], 1 above."""
+    return jnp.where(z >= varrho, 1.0, (jnp.clip(z, 0.0, varrho) / varrho) ** (q - 1))
+
+
+class Network(NamedTuple):
+    """An (init, apply) pair. ``init(key) -> params``; ``apply(params, x (n,P,d)) -> (n,k)``."""
+
+    init: Callable[[jax.Array], Params]
+    apply: ApplyFn
+
+
+def init_weights(key: jax.Array, cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Params:
+    """W^{(0)} with i.i.d. N(0, σ_0²) entries, shape (k, m, d)."""
+    return (cfg.sigma_0 * jax.random.normal(key, (k, cfg.m, d))).astype(dtype)
+
+
+def apply(W: Params, x: jax.Array, q: int, varrho: float) -> jax.Array:
+    """F(X) for a batch: W (k, m, d), x (n, P, d) -> logits (n, k)."""
+    k, m, d = W.shape
+    n, P, _ = x.shape
+    pre = x.reshape(n * P, d) @ W.reshape(k * m, d).T  # the patch "convolution"
+    act = smoothed_relu(pre, q, varrho)
+    return act.reshape(n, P, k, m).sum(axis=(1, 3))
+
+
+def network(cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Network:
+    """The paper's single network."""
+    return Network(
+        init=lambda key: init_weights(key, cfg, k, d, dtype),
+        apply=lambda W, x: apply(W, x, cfg.q, cfg.varrho),
+    )
+
+
+def averaged(cfg: ModelConfig, k: int, d: int, K: int, dtype=jnp.float32) -> Network:
+    """One model defined as the mean of K networks' outputs, trained jointly end to end.
+
+    Params (K, k, m, d). This is the paper's "training average"; the mean (not the sum)
+    keeps the output scale of a single network, so the same η applies.
+    """
+
+    def init(key: jax.Array) -> Params:
+        return jax.vmap(lambda kk: init_weights(kk, cfg, k, d, dtype))(jax.random.split(key, K))
+
+    def apply_avg(W: Params, x: jax.Array) -> jax.Array:
+        return jax.vmap(lambda w: apply(w, x, cfg.q, cfg.varrho))(W).mean(0)
+
+    return Network(init, apply_avg)
+
+
+def alignment(W: Params, V: jax.Array) -> jax.Array:
+    """Raw per-view alignment max_r ⟨w_{i,r}, v_{i,ℓ}⟩, W (..., k, m, d), V (k, 2, d) -> (..., k, 2).
+
+    The paper's Λ_{i,ℓ} is its positive part (:func:`view_strength`). For an averaged
+    model (leading axes) the max runs over each member separately.
+    """
+    return jnp.einsum("...kmd,kld->...kml", W, V).max(axis=-2)
+
+
+def view_strength(W: Params, V: jax.Array) -> jax.Array:
+    """Λ_{i,ℓ} = max_r [⟨w_{i,r}, v_{i,ℓ}⟩]^+, shape (..., k, 2)."""
+    return jnp.maximum(alignment(W, V), 0.0)
+
+
+def views_learned(Lambda: jax.Array, threshold: float) -> jax.Array:
+    """Learned-view indicator per (class, view): Λ_{i,ℓ} ≥ threshold. Shape (..., k, 2) bool.
+
+    The paper's dichotomy is Λ ≳ ϱ (learned) against Λ = Õ(σ_0) (not): any threshold
+    between them separates the two; the default is ϱ/2.
+    """
+    return Lambda >= threshold
+
+
+def lottery_winner(W0: Params, V: jax.Array) -> jax.Array:
+    """The view each class should learn, from the init alone: argmax_ℓ Λ^{(0)}_{i,ℓ}.
+
+    The paper's set M (notes §8.1) keeps (i, ℓ) when Λ^{(0)}_{i,ℓ} beats Λ^{(0)}_{i,3−ℓ}
+    by a (1 + Θ(1/log² m)) factor; the plain argmax is its prediction with no margin.
+    Shape (..., k) int.
+    """
+    return jnp.argmax(alignment(W0, V), axis=-1)

@@ -1,0 +1,262 @@
+"""Full-batch gradient descent, one seed at a time, vmapped over seeds.
+
+:func:`_one_seed_chunk` advances ONE seed by ``chunk`` GD steps with ``lax.scan``; the
+public :func:`train` vmaps it over seeds (all seeds share the data unless given their own
+teacher) and calls it chunk after chunk until every seed has stopped. Between chunks
+(never inside a step) the host checks for divergence and early stopping. Seeds are never
+looped over in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mvsim.config import TrainConfig
+from mvsim.model import ApplyFn, Network, Params, alignment
+
+Objective = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+"""objective(logits (n, k), y (n,), teacher_logits (n, k) | None) -> scalar loss."""
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced NaN/Inf. Names the first seed and step where it happened."""
+
+
+class TrainResult(NamedTuple):
+    """Outcome of :func:`train` for S seeds (numpy arrays, except the params)."""
+
+    params: Params  # (S, ...) final weights
+    init_params: Params  # (S, ...) initial weights
+    steps: np.ndarray  # (L,) the recorded (log-spaced) steps
+    loss: np.ndarray  # (S, L) training loss at each recorded step (NaN after a seed stopped)
+    accuracy: np.ndarray  # (S, L) training accuracy (strict margin)
+    alignment: np.ndarray  # (S, L, ..., k, 2) max_r ⟨w_{i,r}, v_{i,ℓ}⟩
+    stop_step: np.ndarray  # (S,) number of GD steps each seed took
+    final_loss: np.ndarray  # (S,)
+    final_accuracy: np.ndarray  # (S,)
+
+
+def cross_entropy(logits: jax.Array, y: jax.Array, teacher: jax.Array | None = None) -> jax.Array:
+    """Mean softmax cross-entropy with hard labels (the paper's L(F), notes §2)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """F_y > F_i for every i ≠ y (ties are errors), shape (n,) bool."""
+    fy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return fy > other.max(axis=1)
+
+
+def precision(dtype: str) -> contextlib.AbstractContextManager:
+    """Context in which arrays of ``dtype`` ('float32' | 'float64') can be made."""
+    if dtype == "float64":
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def log_steps(T: int, n: int) -> np.ndarray:
+    """About n log-spaced steps in [0, T], always including 0 and T."""
+    s = np.unique(np.round(np.logspace(0, np.log10(max(T, 1)), n)).astype(int))
+    return np.unique(np.concatenate([[0], s, [T]]))
+
+
+class _State(NamedTuple):
+    params: Params
+    opt_state: optax.OptState
+    t: jax.Array  # steps taken so far
+    done: jax.Array  # bool: frozen
+    stop_step: jax.Array
+
+
+def _one_seed_chunk(
+    state: _State,
+    x: jax.Array,
+    y: jax.Array,
+    teacher: jax.Array | None,
+    V: jax.Array,
+    *,
+    apply_fn: ApplyFn,
+    objective: Objective,
+    opt: optax.GradientTransformation,
+    cfg: TrainConfig,
+    T: int,
+    stop: str,
+    n_steps: int,
+):
+    """Advance one seed by ``n_steps`` GD steps. Metrics are those of the params *before*
+    each step's update, i.e. of the model after t updates."""
+
+    def loss_and_logits(params):
+        logits = apply_fn(params, x)
+        return objective(logits, y, teacher), logits
+
+    def step(s: _State, _):
+        (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(s.params)
+        acc = correct(logits, y).mean()
+        finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(logits))
+        if stop == "accuracy":
+            hit = acc >= 1.0
+        elif stop == "loss":
+            hit = loss < cfg.loss_tol
+        else:
+            hit = jnp.zeros((), bool)
+        done = s.done | hit | (s.t >= T) | ~finite
+        stop_step = jnp.where(done & ~s.done, s.t, s.stop_step)
+        updates, opt_state = opt.update(grads, s.opt_state, s.params)
+        new_params = optax.apply_updates(s.params, updates)
+        keep = lambda old, new: jnp.where(done, old, new)
+        out = (loss, acc, alignment(s.params, V), finite, s.done)
+        nxt = _State(
+            jax.tree.map(keep, s.params, new_params),
+            jax.tree.map(keep, s.opt_state, opt_state),
+            s.t + jnp.where(done, 0, 1),
+            done,
+            stop_step,
+        )
+        return nxt, out
+
+    return jax.lax.scan(step, state, None, length=n_steps)
+
+
+def train(
+    key: jax.Array | None,
+    net: Network,
+    x: jax.Array,
+    y: jax.Array,
+    V: jax.Array,
+    cfg: TrainConfig,
+    *,
+    seeds: int | None = None,
+    init_params: Params | None = None,
+    objective: Objective = cross_entropy,
+    teacher_logits: jax.Array | None = None,
+    T: int | None = None,
+    stop: str | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> TrainResult:
+    """Train S seeds of ``net`` by full-batch GD on (x, y), vmapped over seeds.
+
+    Args:
+      key: PRNG key for the S initialisations (ignored when ``init_params`` is given).
+      net: the (init, apply) pair.
+      x: (N, P, d) training inputs, shared by every seed.
+      y: (N,) labels.
+      V: (k, 2, d) views, for recording Λ.
+      cfg: the training config (η, T, chunk, early stop, dtype).
+      seeds: S (required unless ``init_params`` is given).
+      init_params: (S, ...) initial params, e.g. to distil into a known init.
+      objective: ``objective(logits, y, teacher) -> loss``; default cross-entropy.
+      teacher_logits: (N, k) shared by all seeds, or (S, N, k) one teacher per seed.
+      T: step budget (default ``cfg.T``); stop: early-stop rule (default ``cfg.stop``).
+      progress: show a progress bar.
+
+    Raises:
+      DivergenceError: the loss or outputs became NaN/Inf (names seed and step).
+    """
+    T = cfg.T if T is None else T
+    stop = cfg.stop if stop is None else stop
+    with precision(cfg.dtype):
+        dtype = jnp.dtype(cfg.dtype)
+        if init_params is None:
+            if seeds is None or key is None:
+                raise ValueError("train needs `key` and `seeds`, or `init_params`")
+            init_params = jax.vmap(net.init)(jax.random.split(key, seeds))
+        init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init_params)
+        S = jax.tree.leaves(init_params)[0].shape[0]
+        x = jnp.asarray(x, dtype)
+        V = jnp.asarray(V, dtype)
+        teacher_axis = None
+        if teacher_logits is not None:
+            teacher_logits = jnp.asarray(teacher_logits, dtype)
+            teacher_axis = 0 if teacher_logits.ndim == 3 else None
+
+        opt = optax.sgd(cfg.eta)
+        state = _State(
+            init_params,
+            jax.vmap(opt.init)(init_params),
+            jnp.zeros(S, jnp.int32),
+            jnp.zeros(S, bool),
+            jnp.full(S, T, jnp.int32),
+        )
+        n_steps = min(cfg.chunk, T + 1)
+
+        def chunk_fn(state, x, y, teacher, V):
+            one = lambda s, t: _one_seed_chunk(
+                s, x, y, t, V, apply_fn=net.apply, objective=objective, opt=opt,
+                cfg=cfg, T=T, stop=stop, n_steps=n_steps,
+            )  # fmt: skip
+            return jax.vmap(one, in_axes=(0, teacher_axis))(state, teacher)
+
+        chunk_fn = jax.jit(chunk_fn)
+        want = log_steps(T, cfg.n_log)
+        rec: dict[int, list] = {}
+        for t0, state, out in _chunks(chunk_fn, state, (x, y, teacher_logits, V), n_steps, T,
+                                      progress, desc):  # fmt: skip
+            loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)
+            _check_finite(finite, was_done, t0)
+            for j in range(loss.shape[1]):
+                t = t0 + j
+                if t in want:
+                    rec[t] = [
+                        np.where(was_done[:, j], np.nan, loss[:, j]),
+                        np.where(was_done[:, j], np.nan, acc[:, j]),
+                        lam[:, j],
+                    ]
+        steps = np.array(sorted(rec))
+        final_logits = jax.vmap(net.apply, in_axes=(0, None))(state.params, x)
+        final_loss = jax.vmap(lambda lg, t: objective(lg, y, t), in_axes=(0, teacher_axis))(
+            final_logits, teacher_logits
+        )
+        final_acc = jax.vmap(lambda lg: correct(lg, y).mean())(final_logits)
+        return TrainResult(
+            params=state.params,
+            init_params=init_params,
+            steps=steps,
+            loss=np.stack([rec[t][0] for t in steps], 1),
+            accuracy=np.stack([rec[t][1] for t in steps], 1),
+            alignment=np.stack([rec[t][2] for t in steps], 1),
+            stop_step=np.asarray(state.stop_step),
+            final_loss=np.asarray(final_loss),
+            final_accuracy=np.asarray(final_acc),
+        )
+
+
+def _chunks(chunk_fn, state, args, n_steps: int, T: int, progress: bool, desc: str) -> Iterator:
+    """Run chunks until every seed is done; yields (first step, state, per-step outputs)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
+    t0 = 0
+    while True:
+        state, out = chunk_fn(state, *args)
+        yield t0, state, out
+        t0 += n_steps
+        bar.update(min(n_steps, T - bar.n))
+        if bool(jnp.all(state.done)) or t0 > T:
+            break
+    bar.close()
+
+
+def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int) -> None:
+    bad = ~finite & ~was_done
+    if bad.any():
+        seed, j = map(int, np.argwhere(bad)[0])
+        raise DivergenceError(
+            f"training diverged: loss or logits became NaN/Inf at step {t0 + j} of seed {seed} "
+            "(lower eta, or check the data scale)"
+        )
+
+
+def predict(apply_fn: ApplyFn, params: Params, x: jax.Array, chunk: int = 8192) -> jax.Array:
+    """Logits of S models on x: params (S, ...), x (n, P, d) -> (S, n, k), in chunks."""
+    f = jax.jit(jax.vmap(apply_fn, in_axes=(0, None)))
+    return jnp.concatenate([f(params, x[i : i + chunk]) for i in range(0, x.shape[0], chunk)], 1)
