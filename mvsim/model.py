@@ -87,7 +87,7 @@ def averaged(cfg: ModelConfig, k: int, d: int, K: int, dtype=jnp.float32) -> Net
 
 
 def alignment(W: Params, V: jax.Array) -> jax.Array:
-    """Raw per-view alignment max_r ⟨w_{i,r}, v_{i,ℓ}⟩, W (..., k, m, d), V (k, 2, d) -> (..., k, 2).
+    """Raw alignment max_r ⟨w_{i,r}, v_{i,ℓ}⟩: W (..., k, m, d), V (k, 2, d) -> (..., k, 2).
 
     The paper's Λ_{i,ℓ} is its positive part (:func:`view_strength`). For an averaged
     model (leading axes) the max runs over each member separately.

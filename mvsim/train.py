@@ -10,7 +10,7 @@ looped over in Python.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -199,18 +199,26 @@ def train(
         chunk_fn = jax.jit(chunk_fn)
         want = log_steps(T, cfg.n_log)
         rec: dict[int, list] = {}
-        for t0, state, out in _chunks(chunk_fn, state, (x, y, teacher_logits, V), n_steps, T,
-                                      progress, desc):  # fmt: skip
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
+        t0 = 0
+        while t0 <= T:
+            state, out = chunk_fn(state, x, y, teacher_logits, V)
             loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)
             _check_finite(finite, was_done, t0)
             for j in range(loss.shape[1]):
-                t = t0 + j
-                if t in want:
-                    rec[t] = [
+                if t0 + j in want:
+                    rec[t0 + j] = [
                         np.where(was_done[:, j], np.nan, loss[:, j]),
                         np.where(was_done[:, j], np.nan, acc[:, j]),
                         lam[:, j],
                     ]
+            t0 += n_steps
+            bar.update(min(n_steps, T - bar.n))
+            if bool(jnp.all(state.done)):
+                break
+        bar.close()
         steps = np.array(sorted(rec))
         final_logits = jax.vmap(net.apply, in_axes=(0, None))(state.params, x)
         final_loss = jax.vmap(lambda lg, t: objective(lg, y, t), in_axes=(0, teacher_axis))(
@@ -228,22 +236,6 @@ def train(
             final_loss=np.asarray(final_loss),
             final_accuracy=np.asarray(final_acc),
         )
-
-
-def _chunks(chunk_fn, state, args, n_steps: int, T: int, progress: bool, desc: str) -> Iterator:
-    """Run chunks until every seed is done; yields (first step, state, per-step outputs)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-    t0 = 0
-    while True:
-        state, out = chunk_fn(state, *args)
-        yield t0, state, out
-        t0 += n_steps
-        bar.update(min(n_steps, T - bar.n))
-        if bool(jnp.all(state.done)) or t0 > T:
-            break
-    bar.close()
 
 
 def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int) -> None:
