@@ -1,1 +1,80 @@
-"""mvsim: the multi-view theory of ensembles and distillation, runnable."""
+"""mvsim: Allen-Zhu & Li's multi-view theory of ensembles and distillation, runnable.
+
+The public API, by concept (one module each): configs and presets (:mod:`mvsim.config`),
+the Definition-3.1 sampler (:mod:`mvsim.data`), the patch CNN (:mod:`mvsim.model`), the
+vmapped GD trainer (:mod:`mvsim.train`), distillation objectives (:mod:`mvsim.distill`),
+statistics and verdicts (:mod:`mvsim.stats`), the verify pipeline and its claims
+(:mod:`mvsim.verify`, :mod:`mvsim.claims`), reports and figures (:mod:`mvsim.report`,
+:mod:`mvsim.plots`).
+"""
+
+__version__ = "0.1.0"
+
+from mvsim.claims import CLAIMS, ClaimResult, evaluate_all, predicted_error
+from mvsim.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    TrainConfig,
+    VerifyConfig,
+    make_config,
+    parse_set,
+)
+from mvsim.data import Batch, GroundTruth, features, iter_chunks, sample, training_set
+from mvsim.model import (
+    Network,
+    alignment,
+    averaged,
+    lottery_winner,
+    network,
+    smoothed_relu,
+    view_strength,
+    views_learned,
+)
+from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict, wilson_interval
+from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict, train
+from mvsim.verify import Measurements, run
+
+__all__ = [
+    "CLAIMS",
+    "Batch",
+    "ClaimResult",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "DivergenceError",
+    "Estimate",
+    "GroundTruth",
+    "Measurements",
+    "ModelConfig",
+    "Network",
+    "TrainConfig",
+    "TrainResult",
+    "Verdict",
+    "VerifyConfig",
+    "alignment",
+    "averaged",
+    "clopper_pearson_interval",
+    "cross_entropy",
+    "evaluate_all",
+    "features",
+    "iter_chunks",
+    "lottery_winner",
+    "make_config",
+    "network",
+    "parse_set",
+    "predict",
+    "predicted_error",
+    "run",
+    "sample",
+    "smoothed_relu",
+    "train",
+    "training_set",
+    "verdict",
+    "view_strength",
+    "views_learned",
+    "wilson_interval",
+]

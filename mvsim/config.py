@@ -48,7 +48,7 @@ def _int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(name, v, "must be an integer")
     if v < lo or (hi is not None and v > hi):
-        raise ConfigError(name, v, f"must be in [{lo}, {hi if hi is not None else '∞'})")
+        raise ConfigError(name, v, f"must be in [{lo}, {'∞)' if hi is None else f'{hi}]'}")
 
 
 def _real(
@@ -239,7 +239,10 @@ class DistillConfig:
     """'paper': −η∇CE − η′·E[(p^τ_i(F) − p^τ_i(G))^− ∇F_i] (the one-sided update the
     theorems use). 'hinton': α·CE + (1−α)·τ²·KL(softmax(G/τ) ‖ softmax(F/τ))."""
     kd_tau: float = 1 / 3
-    """Temperature τ. For 'paper' with truncation: p^τ = softmax(min(τ²F, 1)/τ)."""
+    """Temperature τ of the paper's update: p^τ = softmax(min(τ²F, 1)/τ) when truncated.
+    Recalled as τ = 1/log² k; unconfirmed."""
+    kd_hinton_tau: float = 10.0
+    """Temperature of the Hinton objective."""
     kd_truncate: bool = True
     """Use the paper's truncated scaled logits min(τ²F, 1)/τ (else F/τ)."""
     kd_eta_ratio: float = 1.0
@@ -251,6 +254,13 @@ class DistillConfig:
     kd_T: int = 2000
     """GD steps for distilled students (no early stop: the paper's statement is about
     most iterations of a run, not a stopping time)."""
+    kd_students: int = 3
+    """Students per distillation claim. Student j starts from single model j's init, so
+    its own lottery is known; its control is taught by single j itself."""
+    avg_members: int = 4
+    """Networks averaged in one 'training average' model."""
+    avg_seeds: int = 2
+    """Independently initialised training-average models."""
 
     def __post_init__(self) -> None:
         _choice("kd_objective", self.kd_objective, ("paper", "hinton"))
@@ -261,7 +271,11 @@ class DistillConfig:
         if not isinstance(self.kd_hard_label, bool):
             raise ConfigError("kd_hard_label", self.kd_hard_label, "must be true or false")
         _real("kd_alpha", self.kd_alpha, 0.0, 1.0)
+        _real("kd_hinton_tau", self.kd_hinton_tau, 0.0, lo_open=True)
         _int("kd_T", self.kd_T, 1)
+        _int("kd_students", self.kd_students, 1)
+        _int("avg_members", self.avg_members, 1)
+        _int("avg_seeds", self.avg_seeds, 1)
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,12 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
+        if self.distill.kd_students > self.verify.seeds:
+            raise ConfigError(
+                "kd_students",
+                self.distill.kd_students,
+                f"must be ≤ seeds = {self.verify.seeds} (each student reuses a single's init)",
+            )
         if self.verify.n_test_multi == 0 and self.data.mu < 1:
             raise ConfigError(
                 "n_test_multi",
@@ -536,6 +556,9 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
         T=2000,
         chunk=100,
         kd_T=500,
+        kd_students=2,
+        avg_members=2,
+        avg_seeds=2,
         seeds=3,
         n_test_multi=2000,
         n_test_single=2000,
@@ -554,6 +577,8 @@ def _theory(o: Mapping[str, Any]) -> dict[str, Any]:
     lk = math.log(k)
     d = o.get("d", 4 * k * k)
     mu = o.get("mu", 1 / k)
+    if mu <= 0:
+        raise ConfigError("mu", mu, "must be in (0, 1] for the theory preset (N = k^1.2/μ)")
     rho = k**-0.01
     Gamma = 1 / lk
     s = min(k**0.2, float(k))
@@ -586,6 +611,14 @@ def _theory(o: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+_PRESET_INPUTS: dict[str, Callable[[Any], None]] = {
+    "k": lambda v: _int("k", v, 2),
+    "d": lambda v: _int("d", v, 1),
+    "q": lambda v: _int("q", v, 1),
+    "varrho": lambda v: _real("varrho", v, 0.0, lo_open=True),
+    "mu": lambda v: _real("mu", v, 0.0, 1.0),
+}
+
 PRESETS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "demo": _demo,
     "tiny": _tiny,
@@ -606,6 +639,12 @@ def make_config(preset: str = "demo", overrides: Mapping[str, Any] | None = None
             raise ConfigError(
                 key, overrides[key], f"unknown config field; known: {sorted(FIELD_SECTION)}"
             )
+    # Type and range-check the fields presets derive others from before the preset runs,
+    # so that e.g. d = 0 is a ConfigError naming d, not a ZeroDivisionError in sqrt(d).
+    overrides = {key: coerce(key, value) for key, value in overrides.items()}
+    for key, check in _PRESET_INPUTS.items():
+        if key in overrides:
+            check(overrides[key])
     values = PRESETS[preset](overrides)
     values.update(overrides)
     by_section: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}

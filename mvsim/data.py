@@ -217,6 +217,7 @@ def iter_chunks(
     The last chunk is drawn full-size and trimmed; each chunk has its own key, so the
     set is a deterministic function of (key, n, chunk).
     """
+    chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     for i, kc in enumerate(jax.random.split(key, n_chunks)):
         b = sample(kc, cfg, chunk, V, view=view, dtype=dtype)

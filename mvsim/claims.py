@@ -1,0 +1,367 @@
+"""The paper's claims as three-valued verdicts, measured by :mod:`mvsim.verify`.
+
+A claim is ``(id, description, bound, evaluate)``; adding one touches this file only
+(append to :data:`CLAIMS`). Bounds are in units of μ, the single-view fraction: a claim
+compares the CI of the stratified test error E/μ = e_single + (1−μ)/μ · e_multi
+(:class:`mvsim.stats.Estimate`) with the bound.
+
+Rules, beyond the level:
+
+- **Every model, not the pool.** ``single`` (and ``kd``, ``self_distillation``) are
+  statements about each trained model. Each model gets its own verdict; the claim's
+  verdict combines them (any FAIL → FAIL, all PASS → PASS, else INCONCLUSIVE), so a
+  seed outside the bound cannot hide in the pooled mean. The pooled estimate is also
+  reported; its CI treats the K evaluations on the same test points as one test set of
+  size n (conservative: they are positively correlated at worst).
+- **The theorem's preconditions.** Each theorem also states perfect training accuracy;
+  a model without it FAILs with that reason. ``single`` additionally needs every class
+  to have learned at least one view (the regime where the mechanism happened).
+- **A level is not a mechanism.** ``kd`` and ``self_distillation`` combine the level
+  verdict with a mechanism verdict: each student's single-view error must be
+  significantly below that of its *control* (the same init taught by its own-init twin),
+  by an exact paired CI (:func:`mvsim.stats.paired_diff_ci`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mvsim.stats import Estimate, Verdict, combine_verdicts, paired_diff_ci, verdict
+from mvsim.verify import Group, Measurements
+
+
+@dataclass
+class ClaimResult:
+    """The outcome of one claim (all numbers in units of μ unless named otherwise)."""
+
+    id: str
+    description: str
+    lo: float | None
+    hi: float | None
+    estimate: Estimate
+    verdict: Verdict
+    reason: str
+    seeds: int
+    train_accuracy: list[float]
+    per_model: list[dict[str, Any]] = field(default_factory=list)
+    finite_k_prediction: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.estimate
+        ci = e.ci_over_mu()
+        return {
+            "id": self.id,
+            "description": self.description,
+            "bound": {"lo": self.lo, "hi": self.hi},
+            "error": e.error,
+            "error_over_mu": e.error_over_mu,
+            "ci95": [ci[0], ci[1]],
+            "error_multi_view": e.error_multi,
+            "error_single_view": e.error_single,
+            "n_test_multi": e.n_multi,
+            "n_test_single": e.n_single,
+            "seeds": self.seeds,
+            "train_accuracy": self.train_accuracy,
+            "verdict": self.verdict.name,
+            "reason": self.reason,
+            "finite_k_prediction": self.finite_k_prediction,
+            "per_model": self.per_model,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    description: str
+    lo: float | None
+    hi: float | None
+    evaluate: Callable[[Claim, Measurements], ClaimResult]
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _estimate(g: Group, mu: float, s: int | slice | None = None) -> Estimate:
+    """Estimate of model s of a group, or of the pooled group (s=None, mean count)."""
+    em, es = g.errors_multi, g.errors_single
+    if s is not None:
+        em, es = em[s], es[s]
+        return Estimate(int(em.sum()), em.size, int(es.sum()), es.size, mu)
+    return Estimate(
+        int(round(em.sum(1).mean())), em.shape[1], int(round(es.sum(1).mean())), es.shape[1], mu
+    )
+
+
+def _per_model(claim: Claim, g: Group, mu: float) -> tuple[list[dict], list[Verdict]]:
+    rows, verdicts = [], []
+    for s in range(g.errors_single.shape[0]):
+        est = _estimate(g, mu, s)
+        v = verdict(est.ci_over_mu(), claim.lo, claim.hi)
+        if g.train_accuracy[s] < 1.0:
+            v = Verdict.FAIL
+        verdicts.append(v)
+        row = {
+            "model": s,
+            "error_over_mu": est.error_over_mu,
+            "ci95": list(est.ci_over_mu()),
+            "error_single_view": est.error_single,
+            "error_multi_view": est.error_multi,
+            "train_accuracy": float(g.train_accuracy[s]),
+            "verdict": v.name,
+        }
+        if g.views is not None:
+            row["classes_with_views"] = np.bincount(g.views[s].sum(-1), minlength=3).tolist()
+        if g.steps is not None:
+            row["steps"] = int(g.steps[s])
+        rows.append(row)
+    return rows, verdicts
+
+
+def predicted_error(views: np.ndarray, s: float, mu: float) -> tuple[float, float, float]:
+    """Finite-k prediction of (e_single, e_multi, E/μ) from a view-learning pattern.
+
+    views: (k, 2) bool. A single-view point of class y with strong view ℓ̂ is predicted
+    right when (y, ℓ̂) is learned. Otherwise its class scores only through the weak view
+    (weight ρ, below every noisy feature's Γ), so it is predicted wrong iff at least one
+    of its noisy features is a learned view of another class: probability
+    1 − (1 − s/k)^L, L = learned views of other classes (ignoring the max_noisy cap); and
+    wrong for sure when class y learned no view. A multi-view point is predicted wrong
+    iff its class learned no view. The asymptotic limit (one view per class, L → ∞) is
+    e_single = 1/2.
+    """
+    k = views.shape[0]
+    per_class = views.sum(1)
+    e_s = 0.0
+    for y in range(k):
+        L = int(per_class.sum() - per_class[y])
+        p_wrong = 1.0 - (1.0 - s / k) ** L
+        for ell in range(2):
+            if views[y, ell]:
+                continue
+            e_s += p_wrong if views[y, 1 - ell] else 1.0
+    e_s /= 2 * k
+    e_m = float((per_class == 0).mean())
+    return e_s, e_m, e_s + (1 - mu) / mu * e_m if mu > 0 else float("nan")
+
+
+def _result(claim: Claim, m: Measurements, g: Group, v: Verdict, reason: str, **kw) -> ClaimResult:
+    return ClaimResult(
+        id=claim.id,
+        description=claim.description,
+        lo=claim.lo,
+        hi=claim.hi,
+        estimate=_estimate(g, m.cfg.data.mu),
+        verdict=v,
+        reason=reason,
+        seeds=g.errors_single.shape[0],
+        train_accuracy=[float(a) for a in g.train_accuracy],
+        **kw,
+    )
+
+
+def _level(claim: Claim, g: Group, mu: float) -> tuple[list[dict], Verdict, str]:
+    rows, vs = _per_model(claim, g, mu)
+    v = combine_verdicts(vs)
+    bad_acc = [r["model"] for r in rows if r["train_accuracy"] < 1.0]
+    reason = f"{sum(x == Verdict.PASS for x in vs)}/{len(vs)} models inside the bound"
+    if bad_acc:
+        reason += f"; training accuracy < 1 for models {bad_acc} (theorem's precondition)"
+    return rows, v, reason
+
+
+def _view_gains(m: Measurements, name: str) -> list[dict[str, int]]:
+    """Views each student learned beyond its own lottery (the single from its init)."""
+    single = m.groups["single"].views
+    K = single.shape[0]
+    g = m.groups[name]
+    out = []
+    for j in range(g.views.shape[0]):
+        own = single[j]
+        if name == "kd":
+            teacher = np.delete(single, j, axis=0).any(0)
+        elif name == "self_distillation":
+            teacher = single[(j + 1) % K]
+        else:
+            teacher = single[j]
+        gained = g.views[j] & ~own
+        out.append(
+            {
+                "own_lottery_kept": int((g.views[j] & own).sum()),
+                "own_lottery_lost": int((~g.views[j] & own).sum()),
+                "gained_from_teacher": int((gained & teacher).sum()),
+                "gained_neither_had": int((gained & ~teacher).sum()),
+                "teacher_views_missing": int((teacher & ~g.views[j]).sum()),
+            }
+        )
+    return out
+
+
+def _against_control(m: Measurements, name: str) -> tuple[Verdict, list[dict], str]:
+    g, c = m.groups[name], m.groups["control"]
+    rows, vs = [], []
+    for j in range(g.errors_single.shape[0]):
+        lo, hi = paired_diff_ci(g.errors_single[j], c.errors_single[j])
+        # Student minus control: significantly negative = the teacher helped.
+        v = Verdict.PASS if hi < 0 else Verdict.FAIL if lo >= 0 else Verdict.INCONCLUSIVE
+        vs.append(v)
+        rows.append(
+            {
+                "student": j,
+                "student_error_single_view": float(g.errors_single[j].mean()),
+                "control_error_single_view": float(c.errors_single[j].mean()),
+                "diff_ci95": [lo, hi],
+                "verdict": v.name,
+            }
+        )
+    v = combine_verdicts(vs)
+    n_pass = sum(x == Verdict.PASS for x in vs)
+    return v, rows, f"{n_pass}/{len(vs)} students significantly better than their control"
+
+
+# --- the claims -------------------------------------------------------------------------
+
+
+def _single(claim: Claim, m: Measurements) -> ClaimResult:
+    mu, g = m.cfg.data.mu, m.groups["single"]
+    rows, v, reason = _level(claim, g, mu)
+    no_view = [s for s in range(g.views.shape[0]) if (g.views[s].sum(-1) == 0).any()]
+    if no_view and v == Verdict.PASS:
+        v = Verdict.FAIL
+    if no_view:
+        reason += f"; models {no_view} have a class with no view learned (mechanism absent)"
+    preds = [predicted_error(g.views[s], m.cfg.data.s, mu)[2] for s in range(g.views.shape[0])]
+    return _result(
+        claim, m, g, v, reason, per_model=rows, finite_k_prediction=float(np.mean(preds))
+    )
+
+
+def _ensemble(claim: Claim, m: Measurements) -> ClaimResult:
+    mu, g = m.cfg.data.mu, m.groups["ensemble"]
+    rows, v, reason = _level(claim, g, mu)
+    union = m.groups["single"].views.any(0)
+    pred = predicted_error(union, m.cfg.data.s, mu)[2]
+    reason += f"; ensemble of {m.groups['single'].errors_single.shape[0]} singles"
+    return _result(claim, m, g, v, reason, per_model=rows, finite_k_prediction=pred)
+
+
+def _distilled(claim: Claim, m: Measurements) -> ClaimResult:
+    mu, g = m.cfg.data.mu, m.groups[claim.id]
+    rows, v_level, reason = _level(claim, g, mu)
+    v_mech, ctrl_rows, ctrl_reason = _against_control(m, claim.id)
+    v = combine_verdicts([v_level, v_mech])
+    control = _estimate(m.groups["control"], mu)
+    preds = [predicted_error(g.views[s], m.cfg.data.s, mu)[2] for s in range(g.views.shape[0])]
+    return _result(
+        claim,
+        m,
+        g,
+        v,
+        f"level: {reason} ({v_level.name}); mechanism: {ctrl_reason} ({v_mech.name})",
+        per_model=rows,
+        finite_k_prediction=float(np.mean(preds)),
+        extra={
+            "control_error_over_mu": control.error_over_mu,
+            "control_ci95": list(control.ci_over_mu()),
+            "versus_control": ctrl_rows,
+            "view_gains": _view_gains(m, claim.id),
+            "objective": m.cfg.distill.kd_objective,
+        },
+    )
+
+
+def _training_average(claim: Claim, m: Measurements) -> ClaimResult:
+    mu, g = m.cfg.data.mu, m.groups["training_average"]
+    rows, v, reason = _level(claim, g, mu)
+    single = _estimate(m.groups["single"], mu)
+    return _result(
+        claim,
+        m,
+        g,
+        v,
+        reason + f"; {m.cfg.distill.avg_members} networks averaged and trained jointly",
+        per_model=rows,
+        extra={"single_error_over_mu": single.error_over_mu},
+    )
+
+
+CLAIMS: list[Claim] = [
+    Claim(
+        "single",
+        "each single model: perfect training accuracy, test error in [0.49μ, 0.51μ] (Thm 1)",
+        0.49,
+        0.51,
+        _single,
+    ),
+    Claim(
+        "ensemble", "average of the K singles: test error < 0.001μ (Thm 2)", None, 0.001, _ensemble
+    ),
+    Claim(
+        "kd",
+        "student distilled from the ensemble: test error < 0.001μ (Thm 3)",
+        None,
+        0.001,
+        _distilled,
+    ),
+    Claim(
+        "self_distillation",
+        "student distilled from one single: ≤ 0.26μ, about a 2-model ensemble (Thm 4)",
+        None,
+        0.26,
+        _distilled,
+    ),
+    Claim(
+        "training_average",
+        "K networks averaged and trained jointly: no better than a single (≥ 0.49μ)",
+        0.49,
+        None,
+        _training_average,
+    ),
+]
+
+
+def evaluate_all(m: Measurements, ids: list[str] | None = None) -> list[ClaimResult]:
+    """Evaluate the registered claims (all, or those in ``ids``) on the measurements."""
+    known = {c.id for c in CLAIMS}
+    if ids is not None:
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise ValueError(f"unknown claim ids {unknown}; known: {sorted(known)}")
+    return [c.evaluate(c, m) for c in CLAIMS if ids is None or c.id in ids]
+
+
+def mechanism(m: Measurements) -> dict[str, Any]:
+    """The view-learning pattern of the singles, the lottery check, memorisation."""
+    views = m.groups["single"].views  # (K, k, 2)
+    per_class = views.sum(-1)
+    one = per_class == 1
+    learned_view = views.argmax(-1)
+    lottery_ok = (learned_view == m.lottery)[one]
+    a = np.maximum(m.init_alignment, 0.0)
+    ratio = a.min(-1) / np.maximum(a.max(-1), 1e-30)
+    bins = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0]
+    two_by_ratio = []
+    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
+        sel = (ratio >= lo) & ((ratio < hi) if hi < 1 else (ratio <= hi))
+        two_by_ratio.append(
+            {
+                "ratio_lo": lo,
+                "ratio_hi": hi,
+                "classes": int(sel.sum()),
+                "frac_two_views": float((per_class[sel] == 2).mean()) if sel.any() else None,
+            }
+        )
+    return {
+        "views_learned": per_class.tolist(),
+        "frac_one_view": float(one.mean()),
+        "frac_two_views": float((per_class == 2).mean()),
+        "frac_no_view": float((per_class == 0).mean()),
+        "lottery_prediction_accuracy": float(lottery_ok.mean()) if lottery_ok.size else None,
+        "two_views_by_initial_ratio": two_by_ratio,
+        "memorisation": m.memorisation,
+    }

@@ -1,0 +1,159 @@
+"""The ``mvsim`` command. Thin: it parses arguments and calls the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mvsim.config import Config, ConfigError, describe_presets, load_file, make_config, parse_set
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="demo", help="preset name (see `mvsim presets`)")
+    p.add_argument("--config", help="JSON or TOML file of field overrides (flat or by section)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one field, e.g. --set k=20 --set rho=0.01,0.02 (repeatable)",
+    )
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """Preset + --config file + --set items (+ --seeds), validated before any compute."""
+    overrides = load_file(args.config) if args.config else {}
+    overrides.update(parse_set(args.set))
+    if getattr(args, "seeds", None) is not None:
+        overrides["seeds"] = args.seeds
+    return make_config(args.preset, overrides)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    print(describe_presets())
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from mvsim import data
+
+    cfg = resolve(args)
+    if args.n < 1:
+        raise ConfigError("--n", args.n, "must be ≥ 1")
+    key = jax.random.key(args.seed)
+    kf, ks = jax.random.split(key)
+    V = data.features(kf, cfg.data.d, cfg.data.k)
+    batch, truth = data.sample(ks, cfg.data, args.n, V, view=args.view, ground_truth=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        x=np.asarray(batch.x),
+        y=np.asarray(batch.y),
+        single_view=np.asarray(batch.single_view),
+        strong_view=np.asarray(batch.strong_view),
+        coef=np.asarray(truth.coef),
+        noise=np.asarray(truth.noise),
+        features=np.asarray(V),
+        config=np.array(cfg.to_json()),
+    )
+    tmp.replace(out)
+    print(f"wrote {args.n} samples ({args.view}) to {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mvsim import claims, plots, report, verify
+
+    cfg = resolve(args)
+    ids = args.claims.split(",") if args.claims else None
+    if ids:
+        known = {c.id for c in claims.CLAIMS}
+        bad = sorted(set(ids) - known)
+        if bad:
+            raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
+    t0 = time.perf_counter()
+    m = verify.run(cfg, progress=not args.no_progress)
+    results = claims.evaluate_all(m, ids)
+    extra = {}
+    if args.ntk:
+        from mvsim import ntk
+
+        t = time.perf_counter()
+        extra["ntk"] = ntk.run_ntk(cfg, m)
+        m.timing["ntk"] = time.perf_counter() - t
+    m.timing["total"] = time.perf_counter() - t0
+    rep = report.build(m, results, extra)
+    print(report.table(rep))
+    if args.out:
+        out = Path(args.out)
+        report.write_json(out / "report.json", rep)
+        paths = plots.all_figures(rep, out / "figures")
+        print(
+            f"\nwrote {out / 'report.json'} and {len(paths)} figure files under {out / 'figures'}"
+        )
+    return 0
+
+
+def cmd_plot_report(args: argparse.Namespace) -> int:
+    from mvsim import plots
+
+    rep = json.loads(Path(args.report).read_text())
+    out = Path(args.out) if args.out else Path(args.report).parent / "figures"
+    for p in plots.all_figures(rep, out):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mvsim",
+        description="Allen-Zhu & Li's multi-view theory of ensembles and distillation, runnable.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("presets", help="list the presets and their values")
+    p.set_defaults(fn=cmd_presets)
+
+    p = sub.add_parser("sample", help="export a data set (npz) with its ground truth")
+    _config_args(p)
+    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--view", choices=("mixed", "multi", "single"), default="mixed")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (views and samples)")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("verify", help="train, measure, and print the claims' verdicts")
+    _config_args(p)
+    p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
+    p.add_argument("--claims", help="comma-separated subset of claims to report")
+    p.add_argument("--out", help="directory for report.json and figures/")
+    p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("plot-report", help="(re)draw the figures of a saved report.json")
+    p.add_argument("report")
+    p.add_argument("--out", help="figure directory (default: next to the report)")
+    p.set_defaults(fn=cmd_plot_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"mvsim: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

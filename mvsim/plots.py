@@ -1,0 +1,133 @@
+"""Figures of a verify report (PNG and SVG). They read only the report dict, so any
+saved report.json can be re-plotted: ``mvsim plot-report DIR/report.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Okabe–Ito: a colour-blind-safe palette.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"{name}.{ext}"
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+        paths.append(str(p))
+    _plt().close(fig)
+    return paths
+
+
+def alignment_over_time(
+    rep: dict[str, Any], out: Path, seed: int = 0, classes: int = 4
+) -> list[str]:
+    """Λ_{i,ℓ} against GD step for the first few classes of one seed (log-log)."""
+    plt = _plt()
+    steps = np.asarray(rep["history"]["steps"], float)
+    lam = np.maximum(np.asarray(rep["history"]["single_alignment"])[seed], 1e-4)  # (L, k, 2)
+    varrho = rep["config"]["model"]["varrho"]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i in range(min(classes, lam.shape[1])):
+        for ell, ls in ((0, "-"), (1, "--")):
+            ax.plot(
+                np.maximum(steps, 1),
+                lam[:, i, ell],
+                ls,
+                color=PALETTE[i],
+                label=f"class {i}, view {ell + 1}",
+            )
+    ax.axhline(varrho, color="grey", lw=0.8, ls=":", label="ϱ")
+    ax.set(
+        xscale="log", yscale="log", xlabel="GD step", ylabel="Λ_{i,ℓ} = max_r ⟨w_{i,r}, v_{i,ℓ}⟩⁺"
+    )
+    ax.set_title(f"View alignment over training (seed {seed})")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out, "alignment_over_time")
+
+
+def view_matrix(rep: dict[str, Any], out: Path) -> list[str]:
+    """Views learned (0/1/2) per seed × class."""
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+
+    v = np.asarray(rep["mechanism"]["views_learned"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * v.shape[1] + 2), 0.35 * v.shape[0] + 1.5))
+    im = ax.imshow(
+        v, cmap=ListedColormap([PALETTE[3], PALETTE[5], PALETTE[1]]), vmin=-0.5, vmax=2.5
+    )
+    cb = fig.colorbar(im, ax=ax, ticks=[0, 1, 2])
+    cb.set_label("views learned")
+    ax.set(xlabel="class", ylabel="seed", title="View-learning matrix of the single models")
+    return _save(fig, out, "view_matrix")
+
+
+def claims_vs_bounds(rep: dict[str, Any], out: Path) -> list[str]:
+    """error/μ with its 95% CI per claim, the paper's bound drawn as a band."""
+    plt = _plt()
+    claims = rep["claims"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    top = max(max(c["ci95"][1] for c in claims), 0.6) * 1.1
+    for i, c in enumerate(claims):
+        lo, hi = c["bound"]["lo"], c["bound"]["hi"]
+        band = (0 if lo is None else lo, top if hi is None else hi)
+        ax.fill_between([i - 0.35, i + 0.35], *band, color="grey", alpha=0.25, lw=0)
+        e, (cl, ch) = c["error_over_mu"], c["ci95"]
+        ax.errorbar(
+            i, e, yerr=[[e - cl], [ch - e]], fmt="o", color=PALETTE[i % len(PALETTE)], capsize=4
+        )
+        ax.annotate(
+            c["verdict"],
+            (i, ch),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(claims)), [c["id"] for c in claims], rotation=15)
+    ax.set(ylabel="test error / μ", ylim=(0, top), title="Claims against the paper's bounds (grey)")
+    return _save(fig, out, "claims_vs_bounds")
+
+
+def comparison_bars(rep: dict[str, Any], out: Path) -> list[str]:
+    """single / ensemble / KD / self-KD / training-average side by side, split by stratum."""
+    plt = _plt()
+    claims = rep["claims"]
+    names = [c["id"] for c in claims]
+    es = [c["error_single_view"] for c in claims]
+    em = [c["error_multi_view"] for c in claims]
+    x = np.arange(len(claims))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.bar(x - 0.2, es, 0.4, color=PALETTE[0], label="single-view test error")
+    ax.bar(x + 0.2, em, 0.4, color=PALETTE[1], label="multi-view test error")
+    for c, xi in zip(claims, x, strict=True):
+        if "control_error_over_mu" in c:
+            ax.plot(xi - 0.2, c["versus_control"][0]["control_error_single_view"], "k_", ms=18)
+    ax.set_xticks(x, names, rotation=15)
+    ax.set(
+        ylabel="error rate within stratum", title="Single vs ensemble vs distillation (— control)"
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out, "comparison_bars")
+
+
+def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
+    """Every figure of a verify report into ``out``; returns the written paths."""
+    out = Path(out)
+    paths: list[str] = []
+    for fn in (alignment_over_time, view_matrix, claims_vs_bounds, comparison_bars):
+        paths += fn(rep, out)
+    return paths

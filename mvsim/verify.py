@@ -1,0 +1,246 @@
+"""The verify pipeline: train every model once, measure them on stratified test sets.
+
+Which models (K = ``seeds``, n = ``kd_students``):
+
+- ``single``: K networks on the same data, different inits.
+- ``ensemble``: the mean of the K singles' outputs (no training).
+- ``kd``: student j starts from single j's init and is taught by the mean of the other
+  K−1 singles, so it is independent of its teacher and its own lottery is known.
+- ``self_distillation``: student j starts from single j's init, taught by single j+1.
+- ``control``: student j starts from single j's init, taught by single j itself, the
+  model trained alone from that very init. It knows nothing the student would not learn
+  alone, so any gain of ``kd``/``self_distillation`` over it is the teacher's doing.
+- ``training_average``: one model = mean of ``avg_members`` networks, trained jointly.
+
+All 3n students are trained in one vmapped call with per-seed teacher logits. The test
+sets are drawn in chunks after training and every model is evaluated on each chunk, so
+no test set is ever held whole in memory. Randomness comes from named streams of the
+master seed (data, init, test, average) so that adding a stage shifts no other stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mvsim import data, distill, model
+from mvsim.config import Config
+from mvsim.train import correct, precision, train
+
+STREAMS = {"data": 0, "init": 1, "test": 2, "average": 3, "features": 4}
+
+
+def stream(cfg: Config, name: str) -> jax.Array:
+    """The PRNG key of a named stream of the master seed."""
+    return jax.random.fold_in(jax.random.key(cfg.verify.seed), STREAMS[name])
+
+
+@dataclass
+class Group:
+    """One set of S models measured on the same test points."""
+
+    name: str
+    errors_multi: np.ndarray  # (S, n_test_multi) bool
+    errors_single: np.ndarray  # (S, n_test_single) bool
+    train_accuracy: np.ndarray  # (S,)
+    views: np.ndarray | None = None  # (S, k, 2) bool learned views, None for ensembles
+    steps: np.ndarray | None = None  # (S,) GD steps taken
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Measurements:
+    """Everything the claims need, as numpy arrays."""
+
+    cfg: Config
+    groups: dict[str, Group]
+    test_single_y: np.ndarray  # (n_test_single,)
+    test_single_strong: np.ndarray  # (n_test_single,) ℓ̂
+    single_history: dict[str, np.ndarray]  # steps (L,), alignment (K, L, k, 2), loss, acc
+    lottery: np.ndarray  # (K, k) predicted winning view of each single's init
+    init_alignment: np.ndarray  # (K, k, 2) max_r ⟨w^{(0)}, v⟩
+    memorisation: dict[str, Any]
+    timing: dict[str, float]
+
+
+def _learned(params: jax.Array, V: jax.Array, cfg: Config) -> np.ndarray:
+    lam = model.view_strength(params, V)
+    return np.asarray(model.views_learned(lam, cfg.verify.view_threshold * cfg.model.varrho))
+
+
+def _train_logits(apply_fn, params, x) -> jax.Array:
+    return jax.vmap(apply_fn, in_axes=(0, None))(params, x)
+
+
+def run(cfg: Config, *, progress: bool = True, log=print) -> Measurements:
+    """Train all models of the verify pipeline and measure them. Pure in ``cfg``."""
+    timing: dict[str, float] = {}
+    D, M, Tc, KD, Vc = cfg.data, cfg.model, cfg.train, cfg.distill, cfg.verify
+    K, n_st = Vc.seeds, KD.kd_students
+    with precision(Tc.dtype):
+        dtype = jnp.dtype(Tc.dtype)
+        t = time.perf_counter()
+        V = data.features(stream(cfg, "features"), D.d, D.k, dtype)
+        train_set, truth = data.sample(
+            stream(cfg, "data"),
+            D,
+            D.N,
+            V,
+            stratified=D.train_composition == "stratified",
+            ground_truth=True,
+            dtype=dtype,
+        )
+        x, y = train_set.x, train_set.y
+        net = model.network(M, D.k, D.d, dtype)
+        timing["sample_train"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        singles = train(stream(cfg, "init"), net, x, y, V, Tc, seeds=K, progress=progress,
+                        desc=f"{K} single models")  # fmt: skip
+        timing["train_single"] = time.perf_counter() - t
+
+        # Students: [kd_0..kd_{n-1}, sd_0.., control_0..], all from singles' inits.
+        t = time.perf_counter()
+        single_logits = _train_logits(net.apply, singles.params, x)  # (K, N, k)
+        idx = np.arange(n_st)
+        others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
+        teachers = jnp.concatenate(
+            [others, single_logits[(idx + 1) % K], single_logits[idx]], axis=0
+        )
+        inits = jnp.concatenate([singles.init_params[idx]] * 3, axis=0)
+        students = train(None, net, x, y, V, Tc, init_params=inits,
+                         objective=distill.objective(KD), teacher_logits=teachers,
+                         T=KD.kd_T, stop="none", progress=progress,
+                         desc=f"{3 * n_st} distilled students")  # fmt: skip
+        timing["train_students"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        avg_net = model.averaged(M, D.k, D.d, KD.avg_members, dtype)
+        averages = train(stream(cfg, "average"), avg_net, x, y, V, Tc, seeds=KD.avg_seeds,
+                         progress=progress, desc="training-average models")  # fmt: skip
+        timing["train_average"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        ens_acc = float(correct(single_logits.mean(0), y).mean())
+        groups = _evaluate(cfg, V, net, avg_net, singles, students, averages, n_st, ens_acc)
+        timing["evaluate"] = time.perf_counter() - t
+
+        ys, strong = groups.pop("_meta")
+        groups["single"].views = _learned(singles.params, V, cfg)
+        groups["single"].steps = singles.stop_step
+        sv = _learned(students.params, V, cfg)
+        for j, name in enumerate(("kd", "self_distillation", "control")):
+            g = groups[name]
+            g.views = sv[j * n_st : (j + 1) * n_st]
+            g.steps = np.full(n_st, KD.kd_T)
+        groups["training_average"].steps = averages.stop_step
+        groups["training_average"].views = _learned(averages.params, V, cfg).any(1)
+
+        mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
+        return Measurements(
+            cfg=cfg,
+            groups=groups,
+            test_single_y=ys,
+            test_single_strong=strong,
+            single_history={
+                "steps": singles.steps,
+                "alignment": singles.alignment,
+                "loss": singles.loss,
+                "accuracy": singles.accuracy,
+            },
+            lottery=np.asarray(model.lottery_winner(singles.init_params, V)),
+            init_alignment=np.asarray(model.alignment(singles.init_params, V)),
+            memorisation=mem,
+            timing=timing,
+        )
+
+
+def _evaluate(
+    cfg, V, net, avg_net, singles, students, averages, n_st, ens_train_acc
+) -> dict[str, Any]:
+    """One pass over the chunked test sets, every model on every chunk."""
+    D, Vc = cfg.data, cfg.verify
+    dtype = jnp.dtype(cfg.train.dtype)
+
+    @jax.jit
+    def errs(x, yy):
+        ls = jax.vmap(net.apply, in_axes=(0, None))(singles.params, x)
+        lst = jax.vmap(net.apply, in_axes=(0, None))(students.params, x)
+        la = jax.vmap(avg_net.apply, in_axes=(0, None))(averages.params, x)
+        wrong = lambda lg: ~jax.vmap(lambda l: correct(l, yy))(lg)
+        return wrong(ls), wrong(ls.mean(0, keepdims=True)), wrong(lst), wrong(la)
+
+    kt_m, kt_s = jax.random.split(stream(cfg, "test"))
+    out: dict[str, list[list[np.ndarray]]] = {}
+    meta_y, meta_s = [], []
+    for stratum, key, n in (("multi", kt_m, Vc.n_test_multi), ("single", kt_s, Vc.n_test_single)):
+        parts: list[tuple] = []
+        for b in data.iter_chunks(key, D, n, V, stratum, dtype=dtype):
+            parts.append(tuple(np.asarray(a) for a in errs(b.x, b.y)))
+            if stratum == "single":
+                meta_y.append(np.asarray(b.y))
+                meta_s.append(np.asarray(b.strong_view))
+        out[stratum] = (
+            [np.concatenate(p, axis=1) for p in zip(*parts, strict=True)]
+            if parts
+            else [np.zeros((s, 0), bool) for s in (singles.stop_step.size, 1, 3 * n_st, 2)]
+        )
+
+    single_acc = singles.final_accuracy
+    stu_acc = students.final_accuracy
+    m, s = out["multi"], out["single"]
+    sl = lambda a, j: a[j * n_st : (j + 1) * n_st]
+    groups: dict[str, Any] = {
+        "single": Group("single", m[0], s[0], single_acc),
+        "ensemble": Group("ensemble", m[1], s[1], np.array([ens_train_acc])),
+        "kd": Group("kd", sl(m[2], 0), sl(s[2], 0), sl(stu_acc, 0)),
+        "self_distillation": Group("self_distillation", sl(m[2], 1), sl(s[2], 1), sl(stu_acc, 1)),
+        "control": Group("control", sl(m[2], 2), sl(s[2], 2), sl(stu_acc, 2)),
+        "training_average": Group("training_average", m[3], s[3], averages.final_accuracy),
+        "_meta": (np.concatenate(meta_y), np.concatenate(meta_s)),
+    }
+    return groups
+
+
+def _memorisation(cfg, net, singles, train_set, truth, V, views) -> dict[str, Any]:
+    """How single-view training points are fitted when their strong view is unlearned.
+
+    For each such point, F_y of the features alone (x − ξ) against F_y of the noise alone
+    (ξ): memorisation shows as a noise part that carries the margin.
+    """
+    sv = np.asarray(train_set.single_view)
+    y = np.asarray(train_set.y)
+    strong = np.asarray(train_set.strong_view)
+    feat_x = train_set.x - truth.noise
+    F_feat = np.asarray(_train_logits(net.apply, singles.params, feat_x))  # (K, N, k)
+    F_noise = np.asarray(_train_logits(net.apply, singles.params, truth.noise))
+    rows = []
+    for s in range(views.shape[0]):
+        unl = sv & ~views[s, y, np.clip(strong, 0, 1)]
+        lrn = sv & views[s, y, np.clip(strong, 0, 1)]
+        for name, mask in (("unlearned_strong_view", unl), ("learned_strong_view", lrn)):
+            if mask.any():
+                rows.append(
+                    (
+                        name,
+                        float(F_feat[s, mask, y[mask]].mean()),
+                        float(F_noise[s, mask, y[mask]].mean()),
+                        int(mask.sum()),
+                    )
+                )
+    summary: dict[str, Any] = {}
+    for name in ("unlearned_strong_view", "learned_strong_view"):
+        sel = [r for r in rows if r[0] == name]
+        if sel:
+            n = sum(r[3] for r in sel)
+            summary[name] = {
+                "n_points": n,
+                "mean_F_y_features_only": sum(r[1] * r[3] for r in sel) / n,
+                "mean_F_y_noise_only": sum(r[2] * r[3] for r in sel) / n,
+            }
+    return summary
