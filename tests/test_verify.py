@@ -1,0 +1,128 @@
+"""End to end: `mvsim verify` on the tiny preset, the report schema, the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mvsim import cli
+from mvsim.claims import CLAIMS
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("verify")
+    rc = cli.main(["verify", "--preset", "tiny", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return json.loads((out / "report.json").read_text()), out
+
+
+def test_report_schema(report):
+    rep, out = report
+    for key in (
+        "config",
+        "mvsim_version",
+        "jax_version",
+        "backend",
+        "claims",
+        "mechanism",
+        "timing",
+    ):
+        assert key in rep
+    assert rep["config"]["data"]["k"] == 4 and rep["preset"] == "tiny"
+    assert [c["id"] for c in rep["claims"]] == [c.id for c in CLAIMS]
+    need = {
+        "id",
+        "bound",
+        "error",
+        "error_over_mu",
+        "ci95",
+        "error_multi_view",
+        "error_single_view",
+        "n_test_multi",
+        "n_test_single",
+        "seeds",
+        "train_accuracy",
+        "verdict",
+        "finite_k_prediction",
+    }
+    for c in rep["claims"]:
+        assert need <= set(c), need - set(c)
+        assert c["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert c["ci95"][0] <= c["error_over_mu"] <= c["ci95"][1]
+        assert set(c["bound"]) == {"lo", "hi"}
+    for c in rep["claims"]:
+        if c["id"] in ("kd", "self_distillation"):
+            assert "control_error_over_mu" in c
+            assert {"gained_from_teacher", "gained_neither_had"} <= set(c["view_gains"][0])
+    mech = rep["mechanism"]
+    v = np.asarray(mech["views_learned"])
+    assert v.shape == (3, 4) and set(np.unique(v)) <= {0, 1, 2}
+    fr = mech["frac_one_view"] + mech["frac_two_views"] + mech["frac_no_view"]
+    assert fr == pytest.approx(1.0)
+    assert "total" in rep["timing"]
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert "claims_vs_bounds.png" in figs and "view_matrix.svg" in figs
+
+
+def test_verdicts_follow_their_ci(report):
+    """No claim PASSes unless its CI sits inside its bound (and the models fit Z)."""
+    rep, _ = report
+    for c in rep["claims"]:
+        lo, hi = c["bound"]["lo"], c["bound"]["hi"]
+        if c["verdict"] == "PASS":
+            assert lo is None or c["ci95"][0] > lo
+            assert hi is None or c["ci95"][1] < hi
+            assert min(c["train_accuracy"]) == 1.0
+
+
+def test_single_model_learns_about_one_view_per_class(report):
+    """On tiny, the lottery happens: most classes learn exactly one view, and the
+    larger initial alignment predicts which one."""
+    rep, _ = report
+    mech = rep["mechanism"]
+    assert mech["frac_one_view"] >= 0.5
+    assert mech["lottery_prediction_accuracy"] >= 0.75
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--set", "k=0"], "k"),
+        (["--set", "mu=1.5"], "mu"),
+        (["--set", "nonsense=1"], "nonsense"),
+        (["--set", "k"], "k"),
+        (["--preset", "nope"], "preset"),
+        (["--claims", "single,bogus"], "--claims"),
+    ],
+)
+def test_bad_input_fails_before_compute(argv, field, capsys):
+    rc = cli.main(
+        ["verify", "--preset", "tiny", *argv] if "--preset" not in argv else ["verify", *argv]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert field in err
+
+
+def test_sample_command_exports_npz(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "d.npz"
+    rc = cli.main(
+        ["sample", "--preset", "tiny", "--n", "50", "--view", "single", "--out", str(out)]
+    )
+    assert rc == 0
+    z = np.load(out)
+    assert z["x"].shape == (50, 8, 64) and z["single_view"].all()
+    rec = np.einsum("npkl,kld->npd", z["coef"], z["features"]) + z["noise"]
+    np.testing.assert_allclose(rec, z["x"], atol=1e-5)
+    assert json.loads(str(z["config"]))["data"]["k"] == 4
+
+
+def test_presets_command(capsys):
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "theory" in out and "sigma_0" in out
