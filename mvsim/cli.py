@@ -80,7 +80,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
     t0 = time.perf_counter()
-    m = verify.run(cfg, progress=not args.no_progress)
+    m = verify.run(cfg, claims=ids, progress=not args.no_progress)
     results = claims.evaluate_all(m, ids)
     extra = {}
     if args.ntk:

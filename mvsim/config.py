@@ -108,7 +108,7 @@ class DataConfig:
     """Patches carrying each present feature (disjoint across features)."""
     s: float = 4.0
     """Noisy-feature rate: each other-class view is present with probability s/k."""
-    max_noisy: int | None = None
+    max_noisy: int | None = 14
     """Cap on noisy features per sample (None = 2(k−1), i.e. no cap). A finite P forces
     one: when more are drawn, a uniformly random subset of this size is kept."""
     mu: float = 1 / 31
@@ -261,6 +261,10 @@ class DistillConfig:
     """Networks averaged in one 'training average' model."""
     avg_seeds: int = 2
     """Independently initialised training-average models."""
+    avg_eta_mult: float | None = None
+    """Learning-rate multiplier of a training-average model (None = avg_members). The mean
+    of K outputs hands each member 1/K of the gradient; scaling η by K lets every member
+    move as fast as a lone network driven by the joint residual."""
 
     def __post_init__(self) -> None:
         _choice("kd_objective", self.kd_objective, ("paper", "hinton"))
@@ -276,6 +280,8 @@ class DistillConfig:
         _int("kd_students", self.kd_students, 1)
         _int("avg_members", self.avg_members, 1)
         _int("avg_seeds", self.avg_seeds, 1)
+        if self.avg_eta_mult is not None:
+            _real("avg_eta_mult", self.avg_eta_mult, 0.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -284,8 +290,10 @@ class VerifyConfig:
 
     seeds: int = 10
     """K: independently initialised single models (also the ensemble size)."""
-    n_test_multi: int = 100_000
-    """Multi-view test points (a stratum of its own, weight 1−μ)."""
+    n_test_multi: int = 200_000
+    """Multi-view test points (a stratum of its own, weight 1−μ). Its errors count
+    (1−μ)/μ times in E/μ (30× at μ = 1/31), so resolving < 0.001μ with zero errors
+    needs ≈ 150k points there."""
     n_test_single: int = 40_000
     """Single-view test points (weight μ). ≈ 38k gives a ±0.005 95% CI at error 0.5."""
     view_threshold: float = 0.5
@@ -303,6 +311,81 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class NTKConfig:
+    """The NTK / random-feature side (notes §7): the infinite-width kernel of the patch CNN
+    and finite-width models linearized at their init, on the same data as ``verify``."""
+
+    ntk_sigma_0: float = 1.0
+    """Init std at which the NTK is evaluated and the linearized models are linearized.
+    Linearizing at the feature-learning σ_0 ≪ ϱ gives Jacobians ≈ (σ_0/ϱ)^{q−1} and does
+    not train (feasibility study 1); σ_0 ≈ ϱ does. Default: ϱ of the demo preset."""
+    ntk_m: int = 16
+    """Neurons per class of a linearized model (its random-feature count is k·m·d)."""
+    ntk_eta: float = 20 / 3
+    """GD learning rate of the linearized models (default: the demo preset's η)."""
+    ntk_T: int = 1000
+    """Maximum GD steps of a linearized model (early stop as ``stop``)."""
+    ntk_seeds: int = 4
+    """Independently initialised linearized models; their mean is the linearized ensemble."""
+    ntk_avg_members: int = 4
+    """Linearized networks averaged in one jointly trained 'training average' model."""
+    ntk_avg_seeds: int = 2
+    """Independently initialised linearized training-average models."""
+    ntk_kd_students: int = 2
+    """Students per linearized distillation variant; student j starts from linearized
+    single j's init."""
+    ntk_kd_T: int = 1000
+    """GD steps of a linearized student (no early stop, as ``kd_T``)."""
+    ntk_deep_teachers: int = 4
+    """Deep single models (verify's first ones: same init stream) whose ensemble teaches the
+    'KD from the deep ensemble' students when no teacher logits are passed in; 0 skips it."""
+    ntk_center_kd: bool = True
+    """Measure distillation logits relative to their per-point class mean. A linearized
+    model carries a class-independent offset f(W0, x) ≫ 1 that would saturate the paper's
+    truncated logits min(τ²F, 1)/τ; CE and Hinton KD are unaffected (shift-invariant)."""
+    ntk_n_test_multi: int = 2000
+    """Multi-view test points for the linearized and infinite-width rows (the first points
+    of verify's test stream)."""
+    ntk_n_test_single: int = 2000
+    """Single-view test points for the linearized and infinite-width rows."""
+    ntk_kernel: Literal["series", "nt"] = "series"
+    """Evaluator of the infinite-width kernel in ``kernel_predict``: 'series' (the Hermite
+    series of E[σ'σ'] with a bounded tail, fast) or 'nt' (neural-tangents'
+    ElementwiseNumerical quadrature, O(deg²) per entry: small inputs only)."""
+    ntk_terms: int = 64
+    """Hermite terms of the 'series' kernel; the tail beyond them is folded into one
+    exact-on-the-diagonal term, with |error| ≤ 2·t(a)t(b)|ρ|^terms per patch pair."""
+    ntk_deg: int = 32
+    """Gauss–Hermite degree of neural-tangents' ElementwiseNumerical (the 'nt' kernel)."""
+    ntk_chunk: int = 128
+    """Test inputs per kernel block: the N×N×P×P intermediate is never held whole."""
+    ntk_ridge: float = 0.0
+    """Ridge added to the kernel matrix's diagonal, relative to its mean diagonal (0 =
+    plain infinite-time GD on the MSE, which interpolates)."""
+
+    def __post_init__(self) -> None:
+        _real("ntk_sigma_0", self.ntk_sigma_0, 0.0, lo_open=True)
+        _int("ntk_m", self.ntk_m, 1)
+        _real("ntk_eta", self.ntk_eta, 0.0, lo_open=True)
+        _int("ntk_T", self.ntk_T, 1)
+        _int("ntk_seeds", self.ntk_seeds, 2)
+        _int("ntk_avg_members", self.ntk_avg_members, 1)
+        _int("ntk_avg_seeds", self.ntk_avg_seeds, 1)
+        _int("ntk_kd_students", self.ntk_kd_students, 1, self.ntk_seeds)
+        _int("ntk_kd_T", self.ntk_kd_T, 1)
+        _int("ntk_deep_teachers", self.ntk_deep_teachers, 0)
+        if not isinstance(self.ntk_center_kd, bool):
+            raise ConfigError("ntk_center_kd", self.ntk_center_kd, "must be true or false")
+        _int("ntk_n_test_multi", self.ntk_n_test_multi, 0)
+        _int("ntk_n_test_single", self.ntk_n_test_single, 1)
+        _choice("ntk_kernel", self.ntk_kernel, ("series", "nt"))
+        _int("ntk_terms", self.ntk_terms, 1)
+        _int("ntk_deg", self.ntk_deg, 1)
+        _int("ntk_chunk", self.ntk_chunk, 1)
+        _real("ntk_ridge", self.ntk_ridge, 0.0)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved config: one section per concept, unique field names."""
 
@@ -312,6 +395,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    ntk: NTKConfig = field(default_factory=NTKConfig)
 
     def __post_init__(self) -> None:
         if self.distill.kd_students > self.verify.seeds:
@@ -378,6 +462,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "distill": DistillConfig,
     "verify": VerifyConfig,
+    "ntk": NTKConfig,
 }
 
 FIELD_SECTION: dict[str, str] = {
@@ -419,8 +504,8 @@ def coerce(name: str, value: Any) -> Any:
         raise ConfigError(name, value, "must be a pair lo,hi")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and int in args:
-        return value
+    if float in args and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # float | None
     return value
 
 
@@ -455,10 +540,11 @@ def _parse_str(name: str, text: str, tp: Any) -> Any:
             return int(text)
         if tp is float:
             return float(text)
-        if type(None) in args:  # int | None
+        if type(None) in args:  # int | None, float | None
             if text.lower() in ("none", "null", ""):
                 return None
-            return int(text)
+            inner = next(a for a in args if a is not type(None))
+            return inner(text)
         if origin is Literal:
             return text
         if tp is str:
@@ -469,7 +555,7 @@ def _parse_str(name: str, text: str, tp: Any) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    if tp is Range:
+    if tp == Range:  # get_type_hints returns an equal, not the identical, alias object
         return "a pair lo,hi"
     return getattr(tp, "__name__", str(tp))
 

@@ -20,7 +20,9 @@ master seed (data, init, test, average) so that adding a stage shifts no other s
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from mvsim import data, distill, model
 from mvsim.config import Config
+from mvsim.model import ApplyFn
 from mvsim.train import correct, precision, train
 
 STREAMS = {"data": 0, "init": 1, "test": 2, "average": 3, "features": 4}
@@ -77,8 +80,25 @@ def _train_logits(apply_fn, params, x) -> jax.Array:
     return jax.vmap(apply_fn, in_axes=(0, None))(params, x)
 
 
-def run(cfg: Config, *, progress: bool = True, log=print) -> Measurements:
-    """Train all models of the verify pipeline and measure them. Pure in ``cfg``."""
+# What each claim needs trained, beyond the singles (which every claim uses).
+NEEDS: dict[str, set[str]] = {
+    "single": set(),
+    "ensemble": set(),
+    "kd": {"students"},
+    "self_distillation": {"students"},
+    "training_average": {"average"},
+}
+
+
+def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
+    """Train the models that ``claims`` (default: all) need, and measure them.
+
+    A pure function of ``cfg``: the same config gives the same numbers.
+    """
+    unknown = sorted(set(claims or ()) - set(NEEDS))
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; known: {sorted(NEEDS)}")
+    needs = set().union(*(NEEDS[c] for c in (claims or NEEDS)))
     timing: dict[str, float] = {}
     D, M, Tc, KD, Vc = cfg.data, cfg.model, cfg.train, cfg.distill, cfg.verify
     K, n_st = Vc.seeds, KD.kd_students
@@ -103,43 +123,61 @@ def run(cfg: Config, *, progress: bool = True, log=print) -> Measurements:
         singles = train(stream(cfg, "init"), net, x, y, V, Tc, seeds=K, progress=progress,
                         desc=f"{K} single models")  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
-
-        # Students: [kd_0..kd_{n-1}, sd_0.., control_0..], all from singles' inits.
-        t = time.perf_counter()
         single_logits = _train_logits(net.apply, singles.params, x)  # (K, N, k)
-        idx = np.arange(n_st)
-        others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
-        teachers = jnp.concatenate(
-            [others, single_logits[(idx + 1) % K], single_logits[idx]], axis=0
-        )
-        inits = jnp.concatenate([singles.init_params[idx]] * 3, axis=0)
-        students = train(None, net, x, y, V, Tc, init_params=inits,
-                         objective=distill.objective(KD), teacher_logits=teachers,
-                         T=KD.kd_T, stop="none", progress=progress,
-                         desc=f"{3 * n_st} distilled students")  # fmt: skip
-        timing["train_students"] = time.perf_counter() - t
+        sets: dict[str, tuple[ApplyFn, jax.Array]] = {"single": (net.apply, singles.params)}
+
+        students = averages = None
+        if "students" in needs:
+            # [kd_0..kd_{n-1}, sd_0.., control_0..], all from singles' inits.
+            t = time.perf_counter()
+            idx = np.arange(n_st)
+            others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
+            teachers = jnp.concatenate(
+                [others, single_logits[(idx + 1) % K], single_logits[idx]], axis=0
+            )
+            inits = jnp.concatenate([singles.init_params[idx]] * 3, axis=0)
+            students = train(None, net, x, y, V, Tc, init_params=inits,
+                             objective=distill.objective(KD), teacher_logits=teachers,
+                             T=KD.kd_T, stop="none", progress=progress,
+                             desc=f"{3 * n_st} distilled students")  # fmt: skip
+            sets["students"] = (net.apply, students.params)
+            timing["train_students"] = time.perf_counter() - t
+
+        if "average" in needs:
+            t = time.perf_counter()
+            avg_net = model.averaged(M, D.k, D.d, KD.avg_members, dtype)
+            mult = KD.avg_members if KD.avg_eta_mult is None else KD.avg_eta_mult
+            avg_cfg = dataclasses.replace(Tc, eta=Tc.eta * mult)
+            averages = train(stream(cfg, "average"), avg_net, x, y, V, avg_cfg,
+                             seeds=KD.avg_seeds, progress=progress,
+                             desc="training-average models")  # fmt: skip
+            sets["average"] = (avg_net.apply, averages.params)
+            timing["train_average"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        avg_net = model.averaged(M, D.k, D.d, KD.avg_members, dtype)
-        averages = train(stream(cfg, "average"), avg_net, x, y, V, Tc, seeds=KD.avg_seeds,
-                         progress=progress, desc="training-average models")  # fmt: skip
-        timing["train_average"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        ens_acc = float(correct(single_logits.mean(0), y).mean())
-        groups = _evaluate(cfg, V, net, avg_net, singles, students, averages, n_st, ens_acc)
+        errors, ys, strong = _evaluate(cfg, V, sets)
         timing["evaluate"] = time.perf_counter() - t
 
-        ys, strong = groups.pop("_meta")
-        groups["single"].views = _learned(singles.params, V, cfg)
-        groups["single"].steps = singles.stop_step
-        sv = _learned(students.params, V, cfg)
-        for j, name in enumerate(("kd", "self_distillation", "control")):
-            g = groups[name]
-            g.views = sv[j * n_st : (j + 1) * n_st]
-            g.steps = np.full(n_st, KD.kd_T)
-        groups["training_average"].steps = averages.stop_step
-        groups["training_average"].views = _learned(averages.params, V, cfg).any(1)
+        ens_acc = float(correct(single_logits.mean(0), y).mean())
+        em, es = errors["single"]
+        groups = {
+            "single": Group("single", em, es, singles.final_accuracy,
+                            _learned(singles.params, V, cfg), singles.stop_step),
+            "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
+        }  # fmt: skip
+        if students is not None:
+            em, es = errors["students"]
+            sv = _learned(students.params, V, cfg)
+            for j, name in enumerate(("kd", "self_distillation", "control")):
+                sl = slice(j * n_st, (j + 1) * n_st)
+                groups[name] = Group(name, em[sl], es[sl], students.final_accuracy[sl],
+                                     sv[sl], np.full(n_st, KD.kd_T))  # fmt: skip
+        if averages is not None:
+            em, es = errors["average"]
+            groups["training_average"] = Group(
+                "training_average", em, es, averages.final_accuracy,
+                _learned(averages.params, V, cfg).any(1), averages.stop_step,
+            )  # fmt: skip
 
         mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
         return Measurements(
@@ -161,50 +199,42 @@ def run(cfg: Config, *, progress: bool = True, log=print) -> Measurements:
 
 
 def _evaluate(
-    cfg, V, net, avg_net, singles, students, averages, n_st, ens_train_acc
-) -> dict[str, Any]:
-    """One pass over the chunked test sets, every model on every chunk."""
-    D, Vc = cfg.data, cfg.verify
+    cfg: Config, V: jax.Array, sets: dict[str, tuple[ApplyFn, jax.Array]]
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    """One pass over the chunked test sets, every model set on every chunk.
+
+    Returns {set name: (errors on the multi-view set (S, n_m), on the single-view set
+    (S, n_s))} plus 'ensemble' (the singles' mean), and y and ℓ̂ of the single-view set.
+    """
     dtype = jnp.dtype(cfg.train.dtype)
 
     @jax.jit
     def errs(x, yy):
-        ls = jax.vmap(net.apply, in_axes=(0, None))(singles.params, x)
-        lst = jax.vmap(net.apply, in_axes=(0, None))(students.params, x)
-        la = jax.vmap(avg_net.apply, in_axes=(0, None))(averages.params, x)
         wrong = lambda lg: ~jax.vmap(lambda l: correct(l, yy))(lg)
-        return wrong(ls), wrong(ls.mean(0, keepdims=True)), wrong(lst), wrong(la)
+        logits = {n: jax.vmap(f, in_axes=(0, None))(p, x) for n, (f, p) in sets.items()}
+        out = {n: wrong(lg) for n, lg in logits.items()}
+        out["ensemble"] = wrong(logits["single"].mean(0, keepdims=True))
+        return out
 
     kt_m, kt_s = jax.random.split(stream(cfg, "test"))
-    out: dict[str, list[list[np.ndarray]]] = {}
+    result: dict[str, list[np.ndarray]] = {}
     meta_y, meta_s = [], []
-    for stratum, key, n in (("multi", kt_m, Vc.n_test_multi), ("single", kt_s, Vc.n_test_single)):
-        parts: list[tuple] = []
-        for b in data.iter_chunks(key, D, n, V, stratum, dtype=dtype):
-            parts.append(tuple(np.asarray(a) for a in errs(b.x, b.y)))
-            if stratum == "single":
+    for key, n, view in ((kt_m, cfg.verify.n_test_multi, "multi"),
+                         (kt_s, cfg.verify.n_test_single, "single")):  # fmt: skip
+        parts: list[dict] = []
+        for b in data.iter_chunks(key, cfg.data, n, V, view, dtype=dtype) if n else ():
+            parts.append({k: np.asarray(v) for k, v in errs(b.x, b.y).items()})
+            if view == "single":
                 meta_y.append(np.asarray(b.y))
                 meta_s.append(np.asarray(b.strong_view))
-        out[stratum] = (
-            [np.concatenate(p, axis=1) for p in zip(*parts, strict=True)]
-            if parts
-            else [np.zeros((s, 0), bool) for s in (singles.stop_step.size, 1, 3 * n_st, 2)]
-        )
-
-    single_acc = singles.final_accuracy
-    stu_acc = students.final_accuracy
-    m, s = out["multi"], out["single"]
-    sl = lambda a, j: a[j * n_st : (j + 1) * n_st]
-    groups: dict[str, Any] = {
-        "single": Group("single", m[0], s[0], single_acc),
-        "ensemble": Group("ensemble", m[1], s[1], np.array([ens_train_acc])),
-        "kd": Group("kd", sl(m[2], 0), sl(s[2], 0), sl(stu_acc, 0)),
-        "self_distillation": Group("self_distillation", sl(m[2], 1), sl(s[2], 1), sl(stu_acc, 1)),
-        "control": Group("control", sl(m[2], 2), sl(s[2], 2), sl(stu_acc, 2)),
-        "training_average": Group("training_average", m[3], s[3], averages.final_accuracy),
-        "_meta": (np.concatenate(meta_y), np.concatenate(meta_s)),
-    }
-    return groups
+        for name in [*sets, "ensemble"]:
+            size = 1 if name == "ensemble" else jax.tree.leaves(sets[name][1])[0].shape[0]
+            arr = (
+                np.concatenate([p[name] for p in parts], 1) if parts else np.zeros((size, 0), bool)
+            )
+            result.setdefault(name, []).append(arr)
+    errors = {name: (v[0], v[1]) for name, v in result.items()}
+    return errors, np.concatenate(meta_y), np.concatenate(meta_s)
 
 
 def _memorisation(cfg, net, singles, train_set, truth, V, views) -> dict[str, Any]:
