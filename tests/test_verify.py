@@ -126,3 +126,19 @@ def test_presets_command(capsys):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "demo" in out and "theory" in out and "sigma_0" in out
+
+
+def test_untuned_regime_is_reported_not_passed():
+    """Isotropic noise of norm 0.8 on every patch feeds the losing view (feasibility
+    study 1): the lottery breaks, so `single` must not PASS and the view statistics
+    must show the two-view classes that explain it."""
+    from mvsim import claims, verify
+    from mvsim.config import make_config
+
+    cfg = make_config(
+        "tiny", {"project_noise": False, "sigma_p": 0.1, "sigma_n": 0.1, "n_test_single": 1000}
+    )
+    m = verify.run(cfg, claims=["single"], progress=False)
+    (res,) = claims.evaluate_all(m, ["single"])
+    assert res.verdict.name != "PASS"
+    assert claims.mechanism(m)["frac_two_views"] >= 0.25
