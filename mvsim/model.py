@@ -28,17 +28,21 @@ def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
     """ReLU~(z): 0 for z ≤ 0, z^q/(q ϱ^{q−1}) on [0, ϱ], z − (1 − 1/q)ϱ above ϱ.
 
     C¹ with derivative (z/ϱ)^{q−1} on [0, ϱ]. The polynomial piece is evaluated at z
-    clipped to [0, ϱ], so no branch ever sees an argument that would give NaN gradients.
+    clipped to [0, ϱ], so no branch ever sees an argument that would give NaN gradients,
+    and is masked to 0 for z ≤ 0 so the gradient there is 0 even for q = 1 (where clip's
+    tie rule would otherwise give 1/2 at z = 0).
     """
     zc = jnp.clip(z, 0.0, varrho)
-    poly = zc**q / (q * varrho ** (q - 1))
+    poly = jnp.where(z > 0, zc**q / (q * varrho ** (q - 1)), 0.0)
     lin = z - (1.0 - 1.0 / q) * varrho
     return jnp.where(z >= varrho, lin, poly)
 
 
 def smoothed_relu_grad(z: jax.Array, q: int, varrho: float) -> jax.Array:
     """ReLU~'(z) in closed form: 0 for z ≤ 0, (z/ϱ)^{q−1} on [0, ϱ], 1 above."""
-    return jnp.where(z >= varrho, 1.0, (jnp.clip(z, 0.0, varrho) / varrho) ** (q - 1))
+    # z > 0 mask: for q = 1 the power (z/ϱ)^0 would be 1 at z ≤ 0, not 0.
+    poly = jnp.where(z > 0, (jnp.clip(z, 0.0, varrho) / varrho) ** (q - 1), 0.0)
+    return jnp.where(z >= varrho, 1.0, poly)
 
 
 class Network(NamedTuple):
