@@ -34,7 +34,9 @@ from mvsim.model import (
     views_learned,
 )
 from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict, wilson_interval
-from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict, train
+
+# The trainer is `mvsim.train.train`: re-exporting it here would shadow its module.
+from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict
 from mvsim.verify import Measurements, run
 
 __all__ = [
@@ -71,7 +73,6 @@ __all__ = [
     "run",
     "sample",
     "smoothed_relu",
-    "train",
     "training_set",
     "verdict",
     "view_strength",

@@ -241,7 +241,8 @@ def train(
 def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int) -> None:
     bad = ~finite & ~was_done
     if bad.any():
-        seed, j = map(int, np.argwhere(bad)[0])
+        j = int(np.argmax(bad.any(0)))  # the earliest step, then the lowest seed there
+        seed = int(np.argmax(bad[:, j]))
         raise DivergenceError(
             f"training diverged: loss or logits became NaN/Inf at step {t0 + j} of seed {seed} "
             "(lower eta, or check the data scale)"
