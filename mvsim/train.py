@@ -202,23 +202,40 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
+        # Seed compaction: a stopped seed is frozen but would still cost a full step under
+        # vmap. Once half of the running seeds have stopped, the rest continue alone (one
+        # recompile per halving), so a slow tail costs what the tail seeds cost.
+        full = state
+        active = np.arange(S)
+        sub, sub_teacher = state, teacher_logits
+        last_lam: np.ndarray | None = None
         t0 = 0
         while t0 <= T:
-            state, out = chunk_fn(state, x, y, teacher_logits, V)
+            sub, out = chunk_fn(sub, x, y, sub_teacher, V)
             loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)
-            _check_finite(finite, was_done, t0)
+            _check_finite(finite, was_done, t0, active)
+            if last_lam is None:
+                last_lam = np.zeros((S, *lam.shape[2:]), lam.dtype)
             for j in range(loss.shape[1]):
+                last_lam[active] = lam[:, j]
                 if t0 + j in want:
-                    rec[t0 + j] = [
-                        np.where(was_done[:, j], np.nan, loss[:, j]),
-                        np.where(was_done[:, j], np.nan, acc[:, j]),
-                        lam[:, j],
-                    ]
+                    row_loss = np.full(S, np.nan, loss.dtype)
+                    row_acc = np.full(S, np.nan, acc.dtype)
+                    row_loss[active] = np.where(was_done[:, j], np.nan, loss[:, j])
+                    row_acc[active] = np.where(was_done[:, j], np.nan, acc[:, j])
+                    rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
             t0 += n_steps
             bar.update(min(n_steps, T - bar.n))
-            if bool(jnp.all(state.done)):
+            running = ~np.asarray(sub.done)
+            if not running.any():
                 break
+            if running.sum() <= len(active) // 2:
+                full = _scatter(full, sub, active)
+                active, sub = active[running], jax.tree.map(lambda a, r=running: a[r], sub)
+                if teacher_axis == 0:
+                    sub_teacher = teacher_logits[active]
         bar.close()
+        state = _scatter(full, sub, active)
         steps = np.array(sorted(rec))
         final_logits = jax.vmap(net.apply, in_axes=(0, None))(state.params, x)
         final_loss = jax.vmap(lambda lg, t: objective(lg, y, t), in_axes=(0, teacher_axis))(
@@ -238,11 +255,16 @@ def train(
         )
 
 
-def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int) -> None:
+def _scatter(full: _State, sub: _State, active: np.ndarray) -> _State:
+    """Write the running seeds' state back into the all-seed state."""
+    return jax.tree.map(lambda f, s: f.at[active].set(s), full, sub)
+
+
+def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int, active: np.ndarray) -> None:
     bad = ~finite & ~was_done
     if bad.any():
         j = int(np.argmax(bad.any(0)))  # the earliest step, then the lowest seed there
-        seed = int(np.argmax(bad[:, j]))
+        seed = int(active[np.argmax(bad[:, j])])
         raise DivergenceError(
             f"training diverged: loss or logits became NaN/Inf at step {t0 + j} of seed {seed} "
             "(lower eta, or check the data scale)"
