@@ -207,8 +207,9 @@ class TrainConfig:
     eta: float = 20 / 3
     """Learning rate η. Paper: ≤ 1/poly(k). At finite k GD is already at its flow limit
     with η/k ≈ 0.67ϱ (halving η changed nothing); larger η/k lets a view jump past ϱ."""
-    T: int = 5000
-    """Maximum number of GD steps. Paper: poly(k)/η. Must cover the slowest class."""
+    T: int = 10_000
+    """Maximum number of GD steps. Paper: poly(k)/η. Must cover the slowest class and the
+    memorisation of the last single-view points (at demo: 2.5k–10k+ steps per seed)."""
     chunk: int = 250
     """Steps per compiled ``lax.scan`` chunk; early stopping is checked between chunks."""
     stop: Literal["accuracy", "loss", "none"] = "accuracy"
