@@ -64,7 +64,7 @@ def evaluate(z: np.ndarray, q: int, varrho: float):
     return [np.asarray(a) for a in _evaluator(q, varrho)(jnp.asarray(z))]
 
 
-@pytest.mark.parametrize(("q", "varrho"), itertools.product(QS, VARRHOS))
+@pytest.mark.parametrize(("q", "varrho"), list(itertools.product(QS, VARRHOS)))
 def test_smoothed_relu_matches_formula(q, varrho):
     z = points(varrho)
     with jax.enable_x64(True):
@@ -84,7 +84,7 @@ def test_smoothed_relu_matches_formula(q, varrho):
     np.testing.assert_allclose(val32, relu_ref(z32, q, varrho), rtol=2e-6, atol=1e-30)
 
 
-@pytest.mark.parametrize(("q", "varrho"), itertools.product(QS, VARRHOS))
+@pytest.mark.parametrize(("q", "varrho"), list(itertools.product(QS, VARRHOS)))
 def test_smoothed_relu_continuous_and_c1_at_varrho(q, varrho):
     """Left and right limits of value and slope agree at ϱ (and at 0 for q >= 2).
 
@@ -110,7 +110,7 @@ def test_smoothed_relu_continuous_and_c1_at_varrho(q, varrho):
         assert df[5] == 1.0 and df[3] == 0.0  # q = 1 is the plain ReLU: a kink at 0
 
 
-@pytest.mark.parametrize(("q", "varrho"), itertools.product(QS, VARRHOS))
+@pytest.mark.parametrize(("q", "varrho"), list(itertools.product(QS, VARRHOS)))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_autodiff_matches_closed_form_gradient(q, varrho, dtype):
     """jax.grad(smoothed_relu) == smoothed_relu_grad everywhere, incl. exactly 0 and ϱ.
