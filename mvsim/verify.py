@@ -69,6 +69,7 @@ class Measurements:
     init_alignment: np.ndarray  # (K, k, 2) max_r ⟨w^{(0)}, v⟩
     memorisation: dict[str, Any]
     timing: dict[str, float]
+    single_train_logits: np.ndarray | None = None  # (K, N, k) the singles on the training set
 
 
 def _learned(params: jax.Array, V: jax.Array, cfg: Config) -> np.ndarray:
@@ -195,6 +196,7 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
             init_alignment=np.asarray(model.alignment(singles.init_params, V)),
             memorisation=mem,
             timing=timing,
+            single_train_logits=np.asarray(single_logits),
         )
 
 
