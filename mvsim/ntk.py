@@ -56,6 +56,10 @@ Finite width
 f_lin(W, x) = f(W0, x) + ⟨W − W0, ∇f(W0, x)⟩, with ``ntk_m`` neurons per class at init
 std ``ntk_sigma_0``. Linearizing at the feature-learning σ_0 ≪ ϱ gives Jacobians of
 order (σ_0/ϱ)^{q−1} and does not train (feasibility study 1), hence its own init scale.
+:func:`empirical_ntk_predict` is the t → ∞ limit of such a model trained on the MSE from
+a zero-centred start (kernel regression with the empirical NTK of width M), and
+:func:`width_convergence` measures how the mean of many of them approaches
+:func:`kernel_predict` as M grows (Monte-Carlo rate 1/√M; ``tests/test_ntk.py``).
 
 Everything here is a pure function of the config and PRNG streams of
 :func:`mvsim.verify.stream`, so the training set and the (first points of the) test sets
@@ -92,6 +96,7 @@ from mvsim.train import Objective, correct, precision, train
 
 __all__ = [
     "empirical_ntk",
+    "empirical_ntk_predict",
     "hermite_coefficients",
     "kernel_matrix",
     "kernel_predict",
@@ -103,6 +108,7 @@ __all__ = [
     "run_ntk",
     "series_error_bound",
     "series_kernel",
+    "width_convergence",
 ]
 
 ROWS = ("deep", "linearized", "infinite")
@@ -397,16 +403,108 @@ def empirical_ntk(
     latter giving the Monte-Carlo standard error std/√M.
     """
     Mw = W.shape[0]
+    J1, J2 = _jacobian(W, x1, q, varrho), _jacobian(W, x2, q, varrho)  # (n, M, d)
+    theta = jnp.einsum("amd,bmd->ab", J1, J2)
+    per_neuron = Mw * jnp.einsum("amd,bmd->mab", J1, J2)
+    return theta, per_neuron.std(0)
+
+
+def _jacobian(W: jax.Array, x: jax.Array, q: int, varrho: float) -> jax.Array:
+    """∇_W f(W, x_i) per sample, (n, M, d), for f(W, X) = M^{-1/2} Σ_r Σ_p σ(⟨w_r, x_p⟩)."""
+    Mw = W.shape[0]
 
     def f(W: jax.Array, x: jax.Array) -> jax.Array:
         pre = jnp.einsum("npd,md->npm", x, W)
         return model.smoothed_relu(pre, q, varrho).sum((1, 2)) / jnp.sqrt(Mw)
 
-    jac = jax.vmap(jax.grad(lambda W, xi: f(W, xi[None])[0]), in_axes=(None, 0))
-    J1, J2 = jac(W, x1), jac(W, x2)  # (n, M, d)
-    theta = jnp.einsum("amd,bmd->ab", J1, J2)
-    per_neuron = Mw * jnp.einsum("amd,bmd->mab", J1, J2)
-    return theta, per_neuron.std(0)
+    return jax.vmap(jax.grad(lambda W, xi: f(W, xi[None])[0]), in_axes=(None, 0))(W, x)
+
+
+def empirical_ntk_predict(
+    cfg: Config, W: jax.Array, x_train: jax.Array, y_train: jax.Array, x_test: jax.Array
+) -> np.ndarray:
+    """Test logits of R width-M linearized networks trained to t → ∞: (R, n, k).
+
+    W (R, k, M, d): the R models' init draws (M neurons per class; the paper's init has
+    std ``ntk_sigma_0`` here). Each model is the paper's network linearized at W0 = W[r]
+    and trained by GD on the MSE to one-hot targets until convergence from a zero-centred
+    start: only the tangent part ⟨W − W0, ∇f(W0, x)⟩ is kept (f(W0, ·) is dropped, as
+    :func:`kernel_predict` drops the initial function's mean). GD from W = W0 converges to
+    kernel regression with the *empirical* NTK, class by class (each class has its own
+    neurons, so its own kernel Θ̂_i = J_i J_iᵀ, J_i = ∇_{W_i} f_i(W0, ·)):
+    f_i(x) = Θ̂_i(x, X) Θ̂_i(X, X)⁻¹ Y_i. Θ̂_i is a mean of M i.i.d. per-neuron kernels, so
+    it tends to Θ at the Monte-Carlo rate 1/√M, and so does the prediction (to first
+    order in Θ̂_i − Θ); the mean over models tends to :func:`kernel_predict`'s
+    (:func:`width_convergence`). Float64; Θ̂_i(X, X) must be invertible (M·d ≥ n_train).
+    Models go one at a time (``lax.map``), classes vmapped: memory O(k·n·M·d).
+    """
+    q, varrho, k = cfg.model.q, cfg.model.varrho, cfg.data.k
+    with precision("float64"):
+        W = jnp.asarray(W, jnp.float64)
+        x_tr = jnp.asarray(x_train, jnp.float64)
+        x_te = jnp.asarray(x_test, jnp.float64)
+        Y = jnp.eye(k, dtype=jnp.float64)[jnp.asarray(y_train)]  # (N, k)
+        if W.ndim != 4 or W.shape[1] != k or W.shape[3] != x_tr.shape[-1]:
+            raise ValueError(f"W must be (models, k={k}, width, d={x_tr.shape[-1]}), got {W.shape}")
+
+        def one_class(w: jax.Array, y: jax.Array) -> jax.Array:
+            J_tr, J_te = _jacobian(w, x_tr, q, varrho), _jacobian(w, x_te, q, varrho)
+            K = jnp.einsum("amd,bmd->ab", J_tr, J_tr)
+            K_st = jnp.einsum("amd,bmd->ab", J_te, J_tr)
+            L = jnp.linalg.cholesky((K + K.T) / 2)
+            return K_st @ jax.scipy.linalg.cho_solve((L, True), y)
+
+        def one_model(w: jax.Array) -> jax.Array:
+            return jax.vmap(one_class, in_axes=(0, 1), out_axes=1)(w, Y)  # (n, k)
+
+        return np.asarray(jax.jit(lambda W: jax.lax.map(one_model, W))(W))
+
+
+def width_convergence(
+    cfg: Config,
+    key: jax.Array,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    x_test: jax.Array,
+    widths: Sequence[int],
+    n_models: int,
+) -> dict[str, Any]:
+    """How fast the ensemble of wide linearized models approaches the infinite-width NTK.
+
+    For each width M (independent draws per width): the mean p̄_M of ``n_models``
+    :func:`empirical_ntk_predict` predictions and its relative distance
+    ‖p̄_M − p_∞‖_F / ‖p_∞‖_F from :func:`kernel_predict`'s p_∞. Also the per-model spread
+    s_M = √(Σ_r ‖p_r − p̄_M‖²_F / (R − 1)) / ‖p_∞‖_F and the ensemble mean's Monte-Carlo
+    standard error s_M/√R. Both fall as 1/√M; the distance does too once the O(1/M) bias
+    of the nonlinear (inverse-kernel) predictor is below the Monte-Carlo error, and then
+    it is of the order of the standard error. Returns lists keyed 'widths', 'distance',
+    'spread', 'mc_error', plus 'n_models' and 'seconds'.
+    """
+    if n_models < 2:
+        raise ValueError(f"n_models must be at least 2 (the spread needs two), got {n_models}")
+    t = time.perf_counter()
+    p_inf = kernel_predict(cfg, x_train, y_train, x_test)
+    norm = float(np.linalg.norm(p_inf))
+    out: dict[str, Any] = {"widths": [int(w) for w in widths], "n_models": int(n_models)}
+    dist, spread = [], []
+    k, d = cfg.data.k, int(x_train.shape[-1])
+    with precision("float64"):
+        # One draw for all widths, split: independent models per width, and one compile
+        # of the sampler (it dominates the run time at these sizes).
+        z = jax.random.normal(key, (n_models * k * d * sum(out["widths"]),), jnp.float64)
+    z = np.asarray(z)
+    offsets = np.cumsum([0] + [n_models * k * d * w for w in out["widths"]])
+    for w, a, b in zip(out["widths"], offsets[:-1], offsets[1:], strict=True):
+        W = cfg.ntk.ntk_sigma_0 * z[a:b].reshape(n_models, k, w, d)
+        p = empirical_ntk_predict(cfg, W, x_train, y_train, x_test)
+        mean = p.mean(0)
+        dist.append(float(np.linalg.norm(mean - p_inf)) / norm)
+        spread.append(float(np.sqrt(((p - mean) ** 2).sum() / (n_models - 1))) / norm)
+    out["distance"] = dist
+    out["spread"] = spread
+    out["mc_error"] = [float(s / np.sqrt(n_models)) for s in spread]
+    out["seconds"] = time.perf_counter() - t
+    return out
 
 
 # --- finite-width linearized models ---------------------------------------------------
