@@ -125,10 +125,65 @@ def comparison_bars(rep: dict[str, Any], out: Path) -> list[str]:
     return _save(fig, out, "comparison_bars")
 
 
+_NTK_GROUPS = (
+    ("single", "single"),
+    ("ensemble", "ensemble"),
+    ("training_average", "training average"),
+    ("kd", "KD"),
+    ("self_kd", "self-KD"),
+)
+_NTK_BARS = (
+    ("deep", "deep learning (patch CNN)"),
+    ("linearized", "linearized (finite width)"),
+    ("infinite", "infinite-width NTK"),
+)
+
+
+def ntk_bars(rep: dict[str, Any], out: Path) -> list[str]:
+    """The deep-vs-NTK table as grouped bars (the paper's Figure 1 on synthetic data).
+
+    Groups: single / ensemble / training average / KD / self-KD; one bar per row (deep,
+    linearized, infinite width) at its error/μ with the 95% CI as error bars. Cells that
+    are not defined or not measured (e.g. distillation at infinite width) have no bar.
+    """
+    plt = _plt()
+    tab = rep["ntk"]["table"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    w = 0.8 / len(_NTK_BARS)
+    top = 0.0
+    for j, (row, label) in enumerate(_NTK_BARS):
+        xs, es, lo, hi = [], [], [], []
+        for g, (col, _) in enumerate(_NTK_GROUPS):
+            cell = tab.get(row, {}).get(col)
+            if not cell:
+                continue
+            e, (cl, ch) = cell["error_over_mu"], cell["ci95"]
+            xs.append(g + (j - (len(_NTK_BARS) - 1) / 2) * w)
+            es.append(e)
+            lo.append(max(e - cl, 0.0))
+            hi.append(max(ch - e, 0.0))
+            top = max(top, ch)
+        if xs:
+            ax.bar(xs, es, w, yerr=[lo, hi], capsize=3, color=PALETTE[j], label=label,
+                   error_kw={"lw": 0.8})  # fmt: skip
+    ax.set_xticks(range(len(_NTK_GROUPS)), [name for _, name in _NTK_GROUPS])
+    ax.set(
+        ylabel="test error / μ (95% CI)",
+        ylim=(0, max(top, 1e-3) * 1.15),
+        title="Deep learning vs the NTK regime on the same data",
+    )
+    # Below the axes: inside, it would cover the tall CIs of small test sets.
+    ax.legend(fontsize=8, ncol=len(_NTK_BARS), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    return _save(fig, out, "ntk_bars")
+
+
 def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
     """Every figure of a verify report into ``out``; returns the written paths."""
     out = Path(out)
     paths: list[str] = []
-    for fn in (alignment_over_time, view_matrix, claims_vs_bounds, comparison_bars):
+    fns = [alignment_over_time, view_matrix, claims_vs_bounds, comparison_bars]
+    if "ntk" in rep:
+        fns.append(ntk_bars)
+    for fn in fns:
         paths += fn(rep, out)
     return paths

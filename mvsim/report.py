@@ -150,6 +150,64 @@ def table(rep: dict[str, Any]) -> str:
         "(a point is lost when its strong view is unlearned and a learned view of another "
         "class appears among its noisy features); verdicts use the paper's bound."
     )
+    if "ntk" in rep:
+        out += [""] + ntk_table(rep["ntk"])
     t = rep["timing"]
     out.append("timing (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     return "\n".join(out)
+
+
+_NTK_ROWS = {
+    "deep": "deep learning (patch CNN)",
+    "linearized": "linearized (finite width)",
+    "infinite": "infinite-width NTK",
+}
+_NTK_COLUMNS = {
+    "single": "single",
+    "ensemble": "ensemble",
+    "training_average": "training-average",
+    "kd": "KD",
+    "self_kd": "self-KD",
+}
+_NTK_VERDICTS = ("ntk_ensemble_helps", "ntk_kd_fails", "ntk_average_helps")
+
+
+def _ntk_cell(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "—"
+    lo, hi = cell["ci95"]
+    return f"{cell['error_over_mu']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def ntk_table(ntk: dict[str, Any]) -> list[str]:
+    """Lines of the deep-vs-NTK table (report.json ``ntk``): error/μ [95% CI] per cell, '—'
+    where a cell is not defined or not measured; then one line per NTK verdict."""
+    tab = ntk["table"]
+    rows_ = [r for r in ntk.get("rows", _NTK_ROWS) if r in tab]
+    cols_ = list(ntk.get("columns", _NTK_COLUMNS))
+    head = ["error/μ [95% CI]"] + [_NTK_COLUMNS.get(c, c) for c in cols_]
+    body = [[_NTK_ROWS.get(r, r)] + [_ntk_cell(tab[r].get(c)) for c in cols_] for r in rows_]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+    lin = tab.get("linearized", {}).get("single") or {}
+    where = (
+        f"; linearized and infinite-width rows on the first {lin['n_test_multi']} multi-view "
+        f"/ {lin['n_test_single']} single-view test points"
+        if lin
+        else ""
+    )
+    out = [f"deep learning vs NTK on the same training set{where}"]
+    out += [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
+    extra = [
+        f"{r} {c}: {_ntk_cell(tab[r][c])}"
+        for r in rows_
+        for c in ntk.get("extra_columns", ())
+        if tab[r].get(c)
+    ]
+    if extra:
+        out.append("extra columns: " + "; ".join(extra))
+    verdicts = ntk.get("verdicts", {})
+    names = [n for n in _NTK_VERDICTS if n in verdicts]
+    names += [n for n in verdicts if n not in _NTK_VERDICTS]
+    out += [f"{n}: {verdicts[n]['verdict']} — {verdicts[n].get('reason', '')}" for n in names]
+    return out
