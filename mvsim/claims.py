@@ -270,6 +270,9 @@ def _distilled(claim: Claim, m: Measurements) -> ClaimResult:
             "control_ci95": list(control.ci_over_mu()),
             "versus_control": ctrl_rows,
             "view_gains": _view_gains(m, claim.id),
+            # The control's teacher is its own-init twin, so every view it gains beyond
+            # its own lottery comes from the objective itself, not from a teacher.
+            "control_view_gains": _view_gains(m, "control"),
             "objective": m.cfg.distill.kd_objective,
         },
     )

@@ -127,7 +127,8 @@ def table(rep: dict[str, Any]) -> str:
                 f"    control (own-init twin as teacher): {c['control_error_over_mu']:.4f}μ; "
                 f"views gained from teacher {tot.get('gained_from_teacher', 0)}, "
                 f"that neither had {tot.get('gained_neither_had', 0)}, "
-                f"own lottery lost {tot.get('own_lottery_lost', 0)}"
+                f"own lottery lost {tot.get('own_lottery_lost', 0)}; the control itself gained "
+                f"{sum(g['gained_neither_had'] for g in c['control_view_gains'])} views"
             )
     mech = rep["mechanism"]
     out.append("")
