@@ -112,6 +112,22 @@ def cmd_plot_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """``mvsim bench ...`` = ``python -m benchmarks.run ...`` (a source checkout's folder)."""
+    if (Path.cwd() / "benchmarks" / "run.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the console script's path lacks the checkout
+    try:
+        from benchmarks.run import main as bench_main
+    except ImportError as e:
+        print(
+            "mvsim: error: `mvsim bench` runs benchmarks/ of a source checkout, which is not "
+            f"part of the installed package; run it from the repository root ({e})",
+            file=sys.stderr,
+        )
+        return 2
+    return bench_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mvsim",
@@ -139,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_verify)
 
+    sub.add_parser(
+        "bench", help="benchmarks (from a source checkout): mvsim bench [--quick] [--out F]"
+    )  # its arguments go to benchmarks.run untouched (see main)
+
     p = sub.add_parser("plot-report", help="(re)draw the figures of a saved report.json")
     p.add_argument("report")
     p.add_argument("--out", help="figure directory (default: next to the report)")
@@ -147,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse would reject the benchmark's own options
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
