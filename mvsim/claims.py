@@ -207,8 +207,8 @@ def _against_control(m: Measurements, name: str) -> tuple[Verdict, list[dict], s
     rows, vs = [], []
     for j in range(g.errors_single.shape[0]):
         lo, hi = paired_diff_ci(g.errors_single[j], c.errors_single[j])
-        # Student minus control: significantly negative = the teacher helped.
-        v = Verdict.PASS if hi < 0 else Verdict.FAIL if lo >= 0 else Verdict.INCONCLUSIVE
+        # Student minus control must lie below 0: significantly negative = the teacher helped.
+        v = verdict((lo, hi), None, 0.0)
         vs.append(v)
         rows.append(
             {
