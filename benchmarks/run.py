@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from mvsim.report import json_default, write_json
+
 SECTIONS = ("efficiency", "batching", "verify", "sweep", "precision", "scaling", "ntk")
 DEFAULT_SECTIONS = ("efficiency", "batching", "scaling", "ntk", "verify")
 SCHEMA_VERSION = 1
@@ -1532,18 +1534,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
 
 
 def write(rep: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(rep, indent=1, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    # The report's atomic writer (temp file, fsync, rename) and its numpy-aware encoder.
+    write_json(path, rep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1607,7 +1599,7 @@ def main(argv: list[str] | None = None) -> int:
     write(rep, s.out)
     print("targets:")
     for k, v in rep["targets"].items():
-        print(f"  {k}: {json.dumps(v, default=_json_default)}")
+        print(f"  {k}: {json.dumps(v, default=json_default)}")
     print(f"wrote {s.out} ({clock.elapsed():.0f} s)")
     return 0
 

@@ -62,7 +62,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_default)
+            json.dump(obj, f, indent=1, default=json_default)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,7 +71,8 @@ def write_json(path: str | Path, obj: Any) -> None:
         raise
 
 
-def _default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """JSON encoder for numpy scalars and arrays (anything else as its str)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
