@@ -10,7 +10,8 @@
 # `pip install -e .` done beforehand. Budgeted for 10 minutes on one H100: work that would
 # run past MVSIM_BENCH_BUDGET_S (default 540 s) is skipped and noted in the JSON.
 #
-# Matmul precision (stated in the JSON as machine.matmul_precision):
+# Matmul precision (the config field matmul_precision of every verify run, and JAX's default
+# for the raw matmul benchmarks; stated in the JSON as machine.matmul_precision):
 #   JAX_DEFAULT_MATMUL_PRECISION=highest        full float32 (default here)
 #   JAX_DEFAULT_MATMUL_PRECISION=tensorfloat32  TF32 tensor cores; the other one is compared
 #

@@ -50,6 +50,8 @@ import numpy as np
 
 from mvsim.report import json_default, write_json
 
+# The values of TrainConfig.matmul_precision.
+PRECISIONS = ("highest", "tensorfloat32", "default")
 SECTIONS = ("efficiency", "batching", "verify", "sweep", "precision", "scaling", "ntk")
 DEFAULT_SECTIONS = ("efficiency", "batching", "scaling", "ntk", "verify")
 SCHEMA_VERSION = 1
@@ -90,6 +92,7 @@ class Settings:
     llc_bytes: int | None  # override the detected last-level cache
     verify_k: tuple[int, ...]
     sweep: tuple[str, ...]
+    precision: str  # TrainConfig.matmul_precision of every verify run, and JAX's default
     compare_precision: str | None
     budget_s: float
     budget_verify: bool  # does the budget also stop verify runs (only when --budget-s given)
@@ -116,12 +119,15 @@ def parse_args(argv: list[str] | None) -> Settings:
     ap.add_argument(
         "--precision",
         default=None,
-        help="jax_default_matmul_precision for this run (highest, tensorfloat32, default, "
-        "...); default: the JAX_DEFAULT_MATMUL_PRECISION environment variable, else JAX's",
+        choices=PRECISIONS,
+        help="matmul precision of this run: the config field matmul_precision of every verify "
+        "run, and jax_default_matmul_precision for the raw benchmarks; default: the "
+        "JAX_DEFAULT_MATMUL_PRECISION environment variable, else the config's default (highest)",
     )
     ap.add_argument(
         "--compare-precision",
         default=None,
+        choices=PRECISIONS,
         help="'precision' section: rerun the first verify config at this precision",
     )
     ap.add_argument("--mem-mult", type=float, default=3.0, help="memory-bound size / LLC")
@@ -143,10 +149,12 @@ def parse_args(argv: list[str] | None) -> Settings:
             ap.error(f"--only: unknown section(s) {bad}; known: {list(SECTIONS)}")
     else:
         sections = tuple(s for s in DEFAULT_SECTIONS if not (a.quick and s == "verify"))
-    if a.precision:
-        import jax
+    prec = a.precision or os.environ.get("JAX_DEFAULT_MATMUL_PRECISION") or "highest"
+    if prec not in PRECISIONS:
+        ap.error(f"JAX_DEFAULT_MATMUL_PRECISION={prec!r}: must be one of {PRECISIONS}")
+    import jax
 
-        jax.config.update("jax_default_matmul_precision", a.precision)
+    jax.config.update("jax_default_matmul_precision", prec)
     q = a.quick
     seeds = (
         tuple(int(s) for s in a.seeds.split(",")) if a.seeds else ((1, 2) if q else (1, 4, 16, 64))
@@ -165,6 +173,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         llc_bytes=a.llc_bytes,
         verify_k=tuple(int(k) for k in a.verify_k.split(",")),
         sweep=tuple(a.sweep),
+        precision=prec,
         compare_precision=a.compare_precision,
         budget_s=a.budget_s or (120.0 if q else 600.0),
         budget_verify=a.budget_s is not None,
@@ -1016,6 +1025,7 @@ def _verify_cfg(s: Settings, k: int | None, extra: dict[str, Any] | None = None)
     from mvsim.config import make_config
 
     ov: dict[str, Any] = {} if k is None else {"k": k}
+    ov["matmul_precision"] = s.precision
     if s.quick:
         ov.update(QUICK_VERIFY)
     ov.update(extra or {})
@@ -1144,9 +1154,10 @@ def sec_sweep(s: Settings, peak: float | None, clock: Clock) -> dict[str, Any]:
 def sec_precision(s: Settings, peak: float | None, prior: dict | None, clock: Clock):
     import jax
 
-    base = jax.config.jax_default_matmul_precision or "default"
+    base = s.precision
     other = s.compare_precision or ("tensorfloat32" if base != "tensorfloat32" else "highest")
     cfg, ov = _verify_cfg(s, s.verify_k[0])
+    cfg_other, _ = _verify_cfg(s, s.verify_k[0], {"matmul_precision": other})
     runs = (prior or {}).get("runs", [])
     first = runs[0] if runs and "verdicts" in runs[0] else None
     if first is None:
@@ -1155,8 +1166,7 @@ def sec_precision(s: Settings, peak: float | None, prior: dict | None, clock: Cl
         first = _run_verify_logged(cfg, peak)
     if why := _verify_skip(s, clock, cfg.data.k):
         return {"base": base, "other": other, "skipped": why}
-    with jax.default_matmul_precision(other):
-        second = _run_verify_logged(cfg, peak)
+    second = _run_verify_logged(cfg_other, peak)
     changed = sorted(
         c for c in first["verdicts"] if first["verdicts"][c] != second["verdicts"].get(c)
     )

@@ -219,6 +219,11 @@ class TrainConfig:
     """Loss threshold for ``stop = 'loss'``."""
     dtype: Literal["float32", "float64"] = "float32"
     """Floating point precision of data and weights."""
+    matmul_precision: Literal["highest", "tensorfloat32", "default"] = "highest"
+    """Precision of float32 matmuls on accelerators (``jax.default_matmul_precision``):
+    'highest' is full float32, the faithful default; 'tensorfloat32' uses TF32 tensor
+    cores on NVIDIA GPUs (10-bit mantissa inputs, faster); 'default' is the backend's own
+    choice. The CPU computes full float32 whichever is set."""
     n_log: int = 48
     """Number of log-spaced steps at which loss, accuracy and Λ are recorded."""
 
@@ -229,6 +234,7 @@ class TrainConfig:
         _choice("stop", self.stop, ("accuracy", "loss", "none"))
         _real("loss_tol", self.loss_tol, 0.0)
         _choice("dtype", self.dtype, ("float32", "float64"))
+        _choice("matmul_precision", self.matmul_precision, ("highest", "tensorfloat32", "default"))
         _int("n_log", self.n_log, 2)
 
 

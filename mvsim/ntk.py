@@ -759,7 +759,7 @@ def run_ntk(
     k, d = D.k, D.d
     S, n_st = C.ntk_seeds, C.ntk_kd_students
     t_all = time.perf_counter()
-    with precision(cfg.train.dtype):
+    with precision(cfg.train.dtype, cfg.train.matmul_precision):
         dtype = jnp.dtype(cfg.train.dtype)
         V = data.features(_stream(cfg, "features"), d, k, dtype)
         tr = data.training_set(_stream(cfg, "data"), D, V, dtype)

@@ -55,11 +55,15 @@ def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
     return fy > other.max(axis=1)
 
 
-def precision(dtype: str) -> contextlib.AbstractContextManager:
-    """Context in which arrays of ``dtype`` ('float32' | 'float64') can be made."""
+def precision(dtype: str, matmul: str | None = None) -> contextlib.AbstractContextManager:
+    """Context in which arrays of ``dtype`` ('float32' | 'float64') can be made and
+    matmuls traced at precision ``matmul`` (TrainConfig.matmul_precision; None: JAX's)."""
+    stack = contextlib.ExitStack()
     if dtype == "float64":
-        return jax.enable_x64(True)
-    return contextlib.nullcontext()
+        stack.enter_context(jax.enable_x64(True))
+    if matmul is not None:
+        stack.enter_context(jax.default_matmul_precision(matmul))
+    return stack
 
 
 def log_steps(T: int, n: int) -> np.ndarray:
@@ -164,7 +168,7 @@ def train(
     """
     T = cfg.T if T is None else T
     stop = cfg.stop if stop is None else stop
-    with precision(cfg.dtype):
+    with precision(cfg.dtype, cfg.matmul_precision):
         dtype = jnp.dtype(cfg.dtype)
         if init_params is None:
             if seeds is None or key is None:

@@ -103,7 +103,7 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
     timing: dict[str, float] = {}
     D, M, Tc, KD, Vc = cfg.data, cfg.model, cfg.train, cfg.distill, cfg.verify
     K, n_st = Vc.seeds, KD.kd_students
-    with precision(Tc.dtype):
+    with precision(Tc.dtype, Tc.matmul_precision):
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
         V = data.features(stream(cfg, "features"), D.d, D.k, dtype)

@@ -67,6 +67,7 @@ INVALID_OVERRIDES = [
     ("tiny", {"k": 4.5}, "k", "integer"),
     ("tiny", {"stop": "sometimes"}, "stop", "'accuracy', 'loss', 'none'"),
     ("tiny", {"dtype": "float16"}, "dtype", "'float32', 'float64'"),
+    ("tiny", {"matmul_precision": "bfloat16"}, "matmul_precision", "'highest', 'tensorfloat32'"),
     ("tiny", {"z_split": "thirds"}, "z_split", "'equal', 'random'"),
     ("tiny", {"train_composition": "shuffled"}, "train_composition", "'stratified'"),
     ("tiny", {"project_noise": 1}, "project_noise", "true or false"),

@@ -17,7 +17,7 @@ import pytest
 
 from mvsim import data, model
 from mvsim.config import make_config
-from mvsim.train import DivergenceError, correct, cross_entropy, log_steps, train
+from mvsim.train import DivergenceError, correct, cross_entropy, log_steps, precision, train
 
 # NB: ``mvsim.train`` the attribute is the function (re-exported by mvsim/__init__), so the
 # module's names are imported from it explicitly.
@@ -292,3 +292,17 @@ def test_log_steps():
         st = log_steps(T, n)
         assert st[0] == 0 and st[-1] == T and np.all(np.diff(st) > 0)
         assert st.size <= n + 1
+
+
+def test_matmul_precision_is_in_force_while_tracing_and_restored_after():
+    # The field reaches XLA only through jax.default_matmul_precision at trace time.
+    seen = []
+    before = jax.config.jax_default_matmul_precision
+    with precision("float32", "tensorfloat32"):
+        jax.jit(lambda a: seen.append(jax.config.jax_default_matmul_precision) or a)(1.0)
+    assert seen == ["tensorfloat32"]
+    assert jax.config.jax_default_matmul_precision == before
+    with precision("float64", "highest"):
+        assert jnp.zeros(1).dtype == jnp.float64
+        assert jax.config.jax_default_matmul_precision == "highest"
+    assert jnp.zeros(1).dtype == jnp.float32
