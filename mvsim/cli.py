@@ -153,13 +153,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from mvsim import store
 
-    if not (args.csv or args.parquet):
-        df = store.read_results(args.db)
-        cols = ["claim", *(f"point_{a}" for a in df.attrs["axes"])]
-        cols += ["error_over_mu", "ci_lo", "ci_hi", "verdict", "frac_one_view"]
-        print(df[cols].to_string(index=False))
-        return 0
     try:
+        if not (args.csv or args.parquet):
+            df = store.read_results(args.db)
+            cols = ["claim", *(f"point_{a}" for a in df.attrs["axes"])]
+            cols += ["error_over_mu", "ci_lo", "ci_hi", "verdict", "frac_one_view"]
+            print(df[cols].to_string(index=False))
+            return 0
         paths = store.export(args.db, csv=args.csv, parquet=args.parquet)
     except (ImportError, FileNotFoundError) as e:
         print(f"mvsim: error: {e}", file=sys.stderr)
@@ -172,7 +172,11 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from mvsim import plots, store
 
-    df = store.read_results(args.db)
+    try:
+        df = store.read_results(args.db)
+    except FileNotFoundError as e:
+        print(f"mvsim: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path(args.db).with_suffix("").parent / "sweep-figures"
     for p in plots.sweep_figures(df, out):
         print(p)
