@@ -5,7 +5,8 @@ the Definition-3.1 sampler (:mod:`mvsim.data`), the patch CNN (:mod:`mvsim.model
 vmapped GD trainer (:mod:`mvsim.train`), distillation objectives (:mod:`mvsim.distill`),
 statistics and verdicts (:mod:`mvsim.stats`), the verify pipeline and its claims
 (:mod:`mvsim.verify`, :mod:`mvsim.claims`), reports and figures (:mod:`mvsim.report`,
-:mod:`mvsim.plots`).
+:mod:`mvsim.plots`), sweeps and their result store (:mod:`mvsim.sweep`, :mod:`mvsim.store`,
+:mod:`mvsim.devices`).
 """
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ from mvsim.model import (
     views_learned,
 )
 from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict, wilson_interval
+from mvsim.store import read_results
+from mvsim.sweep import build_points, parse_grid, run_sweep
 
 # The trainer is `mvsim.train.train`: re-exporting it here would shadow its module.
 from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict
@@ -59,6 +62,7 @@ __all__ = [
     "VerifyConfig",
     "alignment",
     "averaged",
+    "build_points",
     "clopper_pearson_interval",
     "cross_entropy",
     "evaluate_all",
@@ -67,10 +71,13 @@ __all__ = [
     "lottery_winner",
     "make_config",
     "network",
+    "parse_grid",
     "parse_set",
     "predict",
     "predicted_error",
+    "read_results",
     "run",
+    "run_sweep",
     "sample",
     "smoothed_relu",
     "training_set",

@@ -128,6 +128,61 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mvsim import devices, sweep
+
+    devices.initialize_distributed()
+    overrides = load_file(args.config) if args.config else {}
+    overrides.update(parse_set(args.set))
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    grid = sweep.merge_grids(
+        sweep.load_grid(args.grid_file) if args.grid_file else {}, sweep.parse_grid(args.grid)
+    )
+    ids = sweep.check_claims(args.claims.split(",") if args.claims else None)
+    points = sweep.build_points(args.preset, overrides, grid)  # validates every point first
+    print(f"sweep: {len(points)} points over {', '.join(grid)} -> {args.store}")
+    s = sweep.run_sweep(points, args.store, ids, progress=not args.no_progress)
+    print(
+        f"sweep: computed {s.computed} points, skipped {s.skipped} already stored, "
+        f"wrote {s.rows} rows to {args.store} in {s.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from mvsim import store
+
+    try:
+        if not (args.csv or args.parquet):
+            df = store.read_results(args.db)
+            cols = ["claim", *(f"point_{a}" for a in df.attrs["axes"])]
+            cols += ["error_over_mu", "ci_lo", "ci_hi", "verdict", "frac_one_view"]
+            print(df[cols].to_string(index=False))
+            return 0
+        paths = store.export(args.db, csv=args.csv, parquet=args.parquet)
+    except (ImportError, FileNotFoundError) as e:
+        print(f"mvsim: error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mvsim import plots, store
+
+    try:
+        df = store.read_results(args.db)
+    except FileNotFoundError as e:
+        print(f"mvsim: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.db).with_suffix("").parent / "sweep-figures"
+    for p in plots.sweep_figures(df, out):
+        print(p)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mvsim",
@@ -158,6 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench", help="benchmarks (from a source checkout): mvsim bench [--quick] [--out F]"
     )  # its arguments go to benchmarks.run untouched (see main)
+
+    p = sub.add_parser("sweep", help="run verify over a grid of config values into a store")
+    _config_args(p)
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="one axis, e.g. --grid mu=0.05,0.1 --grid P=16,25 (repeatable; pair fields: "
+        "--grid 'rho=(0.01,0.02),(0.02,0.04)')",
+    )
+    p.add_argument("--grid-file", help="TOML/JSON file of axes {field: [values]}")
+    p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
+    p.add_argument("--claims", help="comma-separated subset of claims (default: all)")
+    p.add_argument("--store", default="mvsim-sweep.sqlite", help="SQLite result store")
+    p.add_argument("--no-progress", action="store_true", help="a log line per point, no bar")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("results", help="print or export a sweep store (CSV / Parquet)")
+    p.add_argument("db", help="the SQLite store of `mvsim sweep`")
+    p.add_argument("--csv", help="write the rows as CSV")
+    p.add_argument("--parquet", help="write the rows as Parquet (needs pyarrow)")
+    p.set_defaults(fn=cmd_results)
+
+    p = sub.add_parser("plot", help="figures of a sweep store (PNG and SVG)")
+    p.add_argument("db", help="the SQLite store of `mvsim sweep`")
+    p.add_argument("--out", help="figure directory (default: sweep-figures/ next to the store)")
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("plot-report", help="(re)draw the figures of a saved report.json")
     p.add_argument("report")

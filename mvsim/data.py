@@ -11,6 +11,7 @@ and ``V`` (k, 2, d) the orthonormal views.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Literal, NamedTuple
 
@@ -56,15 +57,14 @@ def _uniform(key: jax.Array, shape: tuple[int, ...], rng: tuple[float, float]) -
 
 
 def _labels(
-    key: jax.Array, cfg: DataConfig, n: int, view: View, stratified: bool
+    key: jax.Array, k: int, n: int, view: View, stratified: bool, sc: dict[str, jax.Array]
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Labels y, the single-view flag and ℓ̂ for n samples."""
-    k = cfg.k
     ky, ks, kl = jax.random.split(key, 3)
     if stratified:
         # Exactly round(μn) single-view points cycling over (class, strong view), then
         # multi-view points cycling over classes: no (class, view) is left out by chance.
-        n_single = {"mixed": round(cfg.mu * n), "multi": 0, "single": n}[view]
+        n_single = sc["n_single"]
         idx = jnp.arange(n)
         is_single = idx < n_single
         j = jnp.where(is_single, idx, idx - n_single)
@@ -73,17 +73,39 @@ def _labels(
         return y, is_single, strong
     y = jax.random.randint(ky, (n,), 0, k, dtype=jnp.int32)
     if view == "mixed":
-        is_single = jax.random.bernoulli(ks, cfg.mu, (n,))
+        is_single = jax.random.bernoulli(ks, sc["mu"], (n,))
     else:
         is_single = jnp.full((n,), view == "single")
     strong = jax.random.randint(kl, (n,), 0, 2, dtype=jnp.int32)
     return y, is_single, jnp.where(is_single, strong, -1)
 
 
+# Fields that change no shape: the sampler takes them as traced values (see _scalars), so a
+# sweep over μ, s, ρ, Γ, σ_p, ... compiles it once per shape, not once per point.
+_TRACED = {
+    "mu": 0.0, "s": 0.0, "rho": (0.0, 0.0), "own_z": (0.0, 0.0), "Gamma": (0.0, 0.0),
+    "noisy_z_multi": (0.0, 0.0), "gamma": 0.0, "sigma_p": 0.0, "sigma_n": 0.0,
+}  # fmt: skip
+
+
+def _scalars(cfg: DataConfig, n: int, view: View) -> tuple[DataConfig, dict[str, jax.Array]]:
+    """Split cfg into its static part (traced fields zeroed) and the traced values.
+
+    Derived numbers are computed here in Python double precision, as before the split
+    (round(μn), s/k), so the samples are the same bits as with the fields static.
+    """
+    n_single = {"mixed": round(cfg.mu * n), "multi": 0, "single": n}[view]
+    sc = {name: jnp.asarray(getattr(cfg, name)) for name in _TRACED}  # default float type
+    sc["p_noisy"] = jnp.asarray(cfg.s / cfg.k)
+    sc["n_single"] = jnp.asarray(n_single, jnp.int32)
+    return dataclasses.replace(cfg, **_TRACED), sc
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "n", "view", "stratified", "dtype"))
 def _sample(
     key: jax.Array,
     V: jax.Array,
+    sc: dict[str, jax.Array],
     cfg: DataConfig,
     n: int,
     view: View,
@@ -92,13 +114,13 @@ def _sample(
 ) -> tuple[Batch, GroundTruth]:
     k, P, d, C = cfg.k, cfg.P, cfg.d, cfg.C_p
     keys = jax.random.split(key, 10)
-    y, is_single, strong = _labels(keys[0], cfg, n, view, stratified)
+    y, is_single, strong = _labels(keys[0], k, n, view, stratified, sc)
 
     own = jax.nn.one_hot(y, k, dtype=jnp.bool_)[:, :, None] & jnp.ones((1, 1, 2), jnp.bool_)
 
     # V'(X): every other-class view independently with probability s/k, then at most
     # max_noisy of them kept (a uniformly random subset when the draw exceeds the cap).
-    noisy = jax.random.bernoulli(keys[1], cfg.s / k, (n, k, 2)) & ~own
+    noisy = jax.random.bernoulli(keys[1], sc["p_noisy"], (n, k, 2)) & ~own
     prio = jax.random.uniform(keys[2], (n, k, 2))
     flat_prio = jnp.where(noisy, prio, 2.0).reshape(n, 2 * k)
     rank = jnp.argsort(jnp.argsort(flat_prio, axis=1), axis=1).reshape(n, k, 2)
@@ -112,9 +134,11 @@ def _sample(
     sv = is_single[:, None, None]
     ell = jnp.arange(2)[None, None, :]
     weak = own & sv & (ell != strong[:, None, None])
-    z_own = jnp.where(weak, _uniform(keys[3], shape, cfg.rho), _uniform(keys[4], shape, cfg.own_z))
+    z_own = jnp.where(
+        weak, _uniform(keys[3], shape, sc["rho"]), _uniform(keys[4], shape, sc["own_z"])
+    )
     z_noisy = jnp.where(
-        sv, _uniform(keys[5], shape, cfg.Gamma), _uniform(keys[6], shape, cfg.noisy_z_multi)
+        sv, _uniform(keys[5], shape, sc["Gamma"]), _uniform(keys[6], shape, sc["noisy_z_multi"])
     )
     zsum = jnp.where(own, z_own, jnp.where(kept, z_noisy, 0.0))
 
@@ -140,11 +164,11 @@ def _sample(
     feature_patch = jnp.zeros((n, P), jnp.bool_).at[rows, patches].max(in_set)
 
     ka, kn = jax.random.split(keys[9])
-    if cfg.gamma > 0:
-        coef = coef + jax.random.uniform(ka, (n, P, 2 * k), maxval=cfg.gamma)
+    # γ = 0 adds exact zeros: the same x as skipping the draw, without a branch on γ.
+    coef = coef + jax.random.uniform(ka, (n, P, 2 * k), maxval=sc["gamma"])
 
     Vf = V.reshape(2 * k, d).astype(jnp.float32)
-    std = jnp.where(feature_patch, cfg.sigma_p, cfg.sigma_n)[..., None]
+    std = jnp.where(feature_patch, sc["sigma_p"], sc["sigma_n"])[..., None]
     noise = jax.random.normal(kn, (n, P, d)) * std
     if cfg.project_noise:
         noise = noise - (noise @ Vf.T) @ Vf
@@ -192,7 +216,8 @@ def sample(
         raise ValueError(f"view = {view!r}: must be 'mixed', 'multi' or 'single'")
     if n < 1:
         raise ValueError(f"n = {n}: must be ≥ 1")
-    batch, truth = _sample(key, V, cfg, n, view, stratified, jnp.dtype(dtype))
+    static, sc = _scalars(cfg, n, view)
+    batch, truth = _sample(key, V, sc, static, n, view, stratified, jnp.dtype(dtype))
     return (batch, truth) if ground_truth else batch
 
 

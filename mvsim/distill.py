@@ -14,6 +14,8 @@ so plain GD at rate η on the surrogate performs exactly the paper's update.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,6 +57,7 @@ def hinton_objective(cfg: DistillConfig) -> Objective:
     return objective
 
 
+@functools.cache  # the same function for the same config: jit reuses it
 def objective(cfg: DistillConfig) -> Objective:
     """The distillation objective selected by ``cfg.kd_objective``."""
     return {"paper": paper_objective, "hinton": hinton_objective}[cfg.kd_objective](cfg)

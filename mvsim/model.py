@@ -12,6 +12,7 @@ same pieces.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,11 +71,23 @@ def apply(W: Params, x: jax.Array, q: int, varrho: float) -> jax.Array:
     return act.reshape(k, m, n, P).sum(axis=(1, 3)).T
 
 
+# One apply function per (q, ϱ), not per call: jit caches compiled code by function
+# identity, so networks of equal q and ϱ (e.g. the points of a μ or σ_0 sweep) share it.
+@functools.cache
+def _apply_fn(q: int, varrho: float) -> ApplyFn:
+    return lambda W, x: apply(W, x, q, varrho)
+
+
+@functools.cache
+def _avg_apply_fn(q: int, varrho: float) -> ApplyFn:
+    return lambda W, x: jax.vmap(lambda w: apply(w, x, q, varrho))(W).mean(0)
+
+
 def network(cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Network:
     """The paper's single network."""
     return Network(
         init=lambda key: init_weights(key, cfg, k, d, dtype),
-        apply=lambda W, x: apply(W, x, cfg.q, cfg.varrho),
+        apply=_apply_fn(cfg.q, cfg.varrho),
     )
 
 
@@ -88,10 +101,7 @@ def averaged(cfg: ModelConfig, k: int, d: int, K: int, dtype=jnp.float32) -> Net
     def init(key: jax.Array) -> Params:
         return jax.vmap(lambda kk: init_weights(kk, cfg, k, d, dtype))(jax.random.split(key, K))
 
-    def apply_avg(W: Params, x: jax.Array) -> jax.Array:
-        return jax.vmap(lambda w: apply(w, x, cfg.q, cfg.varrho))(W).mean(0)
-
-    return Network(init, apply_avg)
+    return Network(init, _avg_apply_fn(cfg.q, cfg.varrho))
 
 
 def alignment(W: Params, V: jax.Array) -> jax.Array:

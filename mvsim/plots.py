@@ -187,3 +187,152 @@ def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
     for fn in fns:
         paths += fn(rep, out)
     return paths
+
+
+# --- sweeps (a result store as a DataFrame: mvsim.store.read_results) ------------------
+
+_MARKERS = "osD^vP*X"
+
+
+def _axes(df) -> list[str]:
+    """The swept fields that actually vary in the store."""
+    axes = df.attrs.get("axes") or [c[6:] for c in df.columns if c.startswith("point_")]
+    return [a for a in axes if df[f"point_{a}"].nunique() > 1]
+
+
+def _axis_values(df, a: str) -> tuple[np.ndarray, list, bool]:
+    """(x positions, tick labels, numeric) of axis a: numbers as they are, others (pairs)
+    as evenly spaced categories in the order they first appear."""
+    col = df[f"point_{a}"]
+    vals = list(dict.fromkeys(col))
+    if all(isinstance(v, int | float | np.number) for v in vals):
+        return col.to_numpy(float), sorted(vals), True
+    pos = {v: i for i, v in enumerate(vals)}
+    return col.map(pos).to_numpy(float), vals, False
+
+
+def _groups(df, a: str, axes: list[str]):
+    """(label, rows) for each combination of the other swept axes."""
+    others = [o for o in axes if o != a]
+    if not others:
+        yield "", df
+        return
+    for key, sub in df.groupby([f"point_{o}" for o in others], sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        yield ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, key, strict=True)), sub
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _bound_band(ax, lo: float | None, hi: float | None, top: float) -> None:
+    if lo is None and hi is None:
+        return
+    ax.axhspan(0 if lo is None else lo, top if hi is None else hi, color="grey", alpha=0.25,
+               lw=0, label="theorem's bound")  # fmt: skip
+
+
+def error_vs_axis(df, a: str, out: Path) -> list[str]:
+    """error/μ against swept axis a, one panel per claim: 95% CIs as error bars, the
+    theorem's bound as a grey band, one line per combination of the other axes."""
+    plt = _plt()
+    axes = _axes(df)
+    claims = list(dict.fromkeys(df["claim"]))
+    fig, axs = plt.subplots(1, len(claims), figsize=(4.2 * len(claims), 3.6), squeeze=False)
+    for ax, claim in zip(axs[0], claims, strict=True):
+        d = df[df["claim"] == claim]
+        top = max(float(d["ci_hi"].max()), 0.6) * 1.1
+        first = d.iloc[0]
+        lo = None if np.isnan(first["bound_lo"]) else float(first["bound_lo"])
+        hi = None if np.isnan(first["bound_hi"]) else float(first["bound_hi"])
+        _bound_band(ax, lo, hi, top)
+        for i, (label, sub) in enumerate(_groups(d, a, axes)):
+            x, ticks, numeric = _axis_values(sub, a)
+            order = np.argsort(x)
+            e = sub["error_over_mu"].to_numpy()[order]
+            yerr = [np.maximum(e - sub["ci_lo"].to_numpy()[order], 0),
+                    np.maximum(sub["ci_hi"].to_numpy()[order] - e, 0)]  # fmt: skip
+            ax.errorbar(x[order], e, yerr=yerr, fmt=_MARKERS[i % len(_MARKERS)] + "-",
+                        color=PALETTE[i % len(PALETTE)], capsize=3, ms=5,
+                        label=label or None)  # fmt: skip
+            if not numeric:
+                ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+        ax.set(xlabel=a, ylabel="test error / μ (95% CI)", ylim=(0, top), title=claim)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Claims against {a}: measured error/μ and the theorems' bounds (grey)")
+    fig.tight_layout()
+    return _save(fig, out, f"error_vs_{a}")
+
+
+def views_vs_axis(df, a: str, out: Path) -> list[str]:
+    """Fraction of (seed, class) pairs whose single model learned exactly one view (solid)
+    and both views (dashed) against swept axis a."""
+    plt = _plt()
+    axes = _axes(df)
+    pts = df.drop_duplicates("config_hash")
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ticks: list = []
+    for i, (label, sub) in enumerate(_groups(pts, a, axes)):
+        x, ticks, numeric = _axis_values(sub, a)
+        order = np.argsort(x)
+        c = PALETTE[i % len(PALETTE)]
+        ax.plot(x[order], sub["frac_one_view"].to_numpy()[order], _MARKERS[i % len(_MARKERS)] + "-",
+                color=c, label=f"one view {label}".strip())  # fmt: skip
+        ax.plot(x[order], sub["frac_two_views"].to_numpy()[order], "--", color=c, alpha=0.8,
+                label=f"two views {label}".strip())  # fmt: skip
+        if not numeric:
+            ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+    ax.set(xlabel=a, ylabel="fraction of classes (single models)", ylim=(-0.02, 1.02),
+           title=f"Views learned against {a}")  # fmt: skip
+    ax.legend(fontsize=7)
+    return _save(fig, out, f"views_vs_{a}")
+
+
+def phase_diagram(df, claim: str, out: Path) -> list[str]:
+    """Heatmap of a claim over a two-axis grid: error/μ per cell (colour-blind-safe
+    'cividis'), annotated with the verdict."""
+    plt = _plt()
+    a, b = _axes(df)
+    d = df[df["claim"] == claim]
+    xs = sorted(d[f"point_{a}"].unique(), key=_sort_key)
+    ys = sorted(d[f"point_{b}"].unique(), key=_sort_key)
+    grid = np.full((len(ys), len(xs)), np.nan)
+    verdicts = np.full((len(ys), len(xs)), "", dtype=object)
+    for _, r in d.iterrows():
+        i, j = ys.index(r[f"point_{b}"]), xs.index(r[f"point_{a}"])
+        grid[i, j], verdicts[i, j] = r["error_over_mu"], r["verdict"]
+    fig, ax = plt.subplots(figsize=(1.3 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
+    im = ax.imshow(grid, cmap="cividis", origin="lower", aspect="auto")
+    fig.colorbar(im, ax=ax).set_label("test error / μ")
+    lim = np.nanmean(grid)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}\n{verdicts[i, j]}", ha="center", va="center",
+                        fontsize=8, color="white" if grid[i, j] < lim else "black")  # fmt: skip
+    ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+    ax.set(xlabel=a, ylabel=b, title=f"{claim}: error/μ and verdict over {a} × {b}")
+    return _save(fig, out, f"phase_{claim}_{a}_{b}")
+
+
+def _sort_key(v: Any) -> tuple:
+    return (0, float(v), "") if isinstance(v, int | float | np.number) else (1, 0.0, str(v))
+
+
+def sweep_figures(df, out: str | Path) -> list[str]:
+    """Every sweep figure of a store's DataFrame into ``out``: error/μ and the view
+    fractions against each swept axis, and for a two-axis grid a phase diagram per claim."""
+    out = Path(out)
+    axes = _axes(df)
+    if not axes:
+        raise ValueError("the store has no axis with more than one value: nothing to plot")
+    paths: list[str] = []
+    for a in axes:
+        paths += error_vs_axis(df, a, out)
+        paths += views_vs_axis(df, a, out)
+    if len(axes) == 2:
+        for claim in dict.fromkeys(df["claim"]):
+            paths += phase_diagram(df, claim, out)
+    return paths

@@ -10,6 +10,8 @@ looped over in Python.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,6 +21,7 @@ import numpy as np
 import optax
 
 from mvsim.config import TrainConfig
+from mvsim.devices import replicate, shard_seeds
 from mvsim.model import ApplyFn, Network, Params, alignment
 
 Objective = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
@@ -130,6 +133,32 @@ def _one_seed_chunk(
     return jax.lax.scan(step, state, None, length=n_steps)
 
 
+@functools.lru_cache(maxsize=64)
+def _chunk_fn(
+    apply_fn: ApplyFn,
+    objective: Objective,
+    cfg: TrainConfig,
+    T: int,
+    stop: str,
+    n_steps: int,
+    teacher_axis: int | None,
+) -> Callable:
+    """The jitted, seed-vmapped chunk ``f(state, x, y, teacher, V, eta)``, one per static
+    setup: calls with the same model, objective and config (η excepted) reuse it, and jit
+    compiles once per array shape. η is a traced argument so that an η sweep compiles once;
+    ``cfg.eta`` is not read (callers pass it normalised so it does not split the cache)."""
+
+    def chunk_fn(state, x, y, teacher, V, eta):
+        opt = optax.sgd(eta)
+        one = lambda s, t: _one_seed_chunk(
+            s, x, y, t, V, apply_fn=apply_fn, objective=objective, opt=opt,
+            cfg=cfg, T=T, stop=stop, n_steps=n_steps,
+        )  # fmt: skip
+        return jax.vmap(one, in_axes=(0, teacher_axis))(state, teacher)
+
+    return jax.jit(chunk_fn)
+
+
 def train(
     key: jax.Array | None,
     net: Network,
@@ -146,6 +175,7 @@ def train(
     stop: str | None = None,
     progress: bool = False,
     desc: str = "train",
+    shard: bool = True,
 ) -> TrainResult:
     """Train S seeds of ``net`` by full-batch GD on (x, y), vmapped over seeds.
 
@@ -162,6 +192,8 @@ def train(
       teacher_logits: (N, k) shared by all seeds, or (S, N, k) one teacher per seed.
       T: step budget (default ``cfg.T``); stop: early-stop rule (default ``cfg.stop``).
       progress: show a progress bar.
+      shard: split the seed axis over the local devices when there are several and S
+        divides evenly (:mod:`mvsim.devices`); False keeps every seed on one device.
 
     Raises:
       DivergenceError: the loss or outputs became NaN/Inf (names seed and step).
@@ -192,15 +224,15 @@ def train(
             jnp.full(S, T, jnp.int32),
         )
         n_steps = min(cfg.chunk, T + 1)
-
-        def chunk_fn(state, x, y, teacher, V):
-            one = lambda s, t: _one_seed_chunk(
-                s, x, y, t, V, apply_fn=net.apply, objective=objective, opt=opt,
-                cfg=cfg, T=T, stop=stop, n_steps=n_steps,
-            )  # fmt: skip
-            return jax.vmap(one, in_axes=(0, teacher_axis))(state, teacher)
-
-        chunk_fn = jax.jit(chunk_fn)
+        # Seeds on devices: the state (and per-seed teachers) split along the seed axis,
+        # the shared data replicated (mvsim.devices; a no-op on one device).
+        state = shard_seeds(state, shard)
+        x, y, V = replicate((x, y, V), shard)
+        if teacher_axis == 0:
+            teacher_logits = shard_seeds(teacher_logits, shard)
+        chunk_fn = _chunk_fn(net.apply, objective, dataclasses.replace(cfg, eta=1.0), T, stop,
+                             n_steps, teacher_axis)  # fmt: skip
+        eta = jnp.asarray(cfg.eta, dtype)
         want = log_steps(T, cfg.n_log)
         rec: dict[int, list] = {}
         from tqdm.auto import tqdm
@@ -215,7 +247,7 @@ def train(
         last_lam: np.ndarray | None = None
         t0 = 0
         while t0 <= T:
-            sub, out = chunk_fn(sub, x, y, sub_teacher, V)
+            sub, out = chunk_fn(sub, x, y, sub_teacher, V, eta)
             loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)
             _check_finite(finite, was_done, t0, active)
             if last_lam is None:
@@ -236,8 +268,9 @@ def train(
             if running.sum() <= len(active) // 2:
                 full = _scatter(full, sub, active)
                 active, sub = active[running], jax.tree.map(lambda a, r=running: a[r], sub)
+                sub = shard_seeds(sub, shard)
                 if teacher_axis == 0:
-                    sub_teacher = teacher_logits[active]
+                    sub_teacher = shard_seeds(teacher_logits[active], shard)
         bar.close()
         state = _scatter(full, sub, active)
         steps = np.array(sorted(rec))

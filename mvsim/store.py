@@ -1,0 +1,236 @@
+"""The sweep result store: one SQLite file (standard library), one row per (point, claim).
+
+A *point* is one resolved :class:`~mvsim.config.Config`; its key is :func:`config_hash`,
+the SHA-256 of the config's canonical JSON (sorted keys, no whitespace), so the same
+config always maps to the same key whatever grid produced it. Each row carries the full
+config as JSON, the swept values, the claim's measured numbers, 95% CI, bound and verdict,
+the single models' view statistics, the point's timing, and the mvsim / jax versions and
+backend that produced it.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, and all rows of a
+point are inserted in ONE transaction after the point has finished. A process killed at
+any moment (SIGKILL included) therefore leaves every finished point whole and no partial
+one, and ``(config_hash, claim)`` is the primary key, so no row can be duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mvsim.config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+
+# Column name -> SQLite type, in table order. ``point_<field>`` columns are added to the
+# DataFrame by :func:`read_results`, not stored.
+COLUMNS: dict[str, str] = {
+    "config_hash": "TEXT NOT NULL",
+    "claim": "TEXT NOT NULL",
+    "preset": "TEXT",
+    "point_json": "TEXT",  # {field: value} of the swept axes at this point
+    "config_json": "TEXT",  # the full resolved config (Config.to_json)
+    "verdict": "TEXT",  # PASS | FAIL | INCONCLUSIVE
+    "error_over_mu": "REAL",  # pooled E/μ of the claim's models
+    "ci_lo": "REAL",  # its exact 95% CI, in units of μ
+    "ci_hi": "REAL",
+    "bound_lo": "REAL",  # the theorem's bound in units of μ (NULL = unbounded side)
+    "bound_hi": "REAL",
+    "error": "REAL",  # E, the mixture test error
+    "error_single_view": "REAL",
+    "error_multi_view": "REAL",
+    "n_test_multi": "INTEGER",
+    "n_test_single": "INTEGER",
+    "finite_k_prediction": "REAL",
+    "n_models": "INTEGER",  # models behind the claim (seeds, students, ...)
+    "reason": "TEXT",
+    "claim_json": "TEXT",  # ClaimResult.to_dict(): per-model rows, controls, ...
+    "frac_one_view": "REAL",  # single models: classes with exactly one view learned
+    "frac_two_views": "REAL",
+    "frac_no_view": "REAL",
+    "lottery_accuracy": "REAL",  # one-view classes whose larger initial alignment won
+    "seconds": "REAL",  # wall time of the whole point
+    "timing_json": "TEXT",  # verify.run's per-stage timing (s)
+    "started_at": "TEXT",  # ISO 8601 UTC
+    "finished_at": "TEXT",
+    "mvsim_version": "TEXT",
+    "jax_version": "TEXT",
+    "backend": "TEXT",
+    "n_devices": "INTEGER",
+}
+
+
+def canonical_json(cfg: Config) -> str:
+    """The config as JSON with sorted keys and no whitespace (tuples become lists)."""
+    return json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable key of a point: SHA-256 hex digest of :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) a store. Autocommit mode: transactions are explicit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    cols = ",\n  ".join(f"{name} {tp}" for name, tp in COLUMNS.items())
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS results (\n  {cols},\n  PRIMARY KEY (config_hash, claim))"
+    )
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if int(version) != SCHEMA_VERSION:
+        conn.close()
+        raise ValueError(f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}")
+    return conn
+
+
+def stored_claims(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """{config_hash: claims stored for it}."""
+    out: dict[str, set[str]] = {}
+    for h, claim in conn.execute("SELECT config_hash, claim FROM results"):
+        out.setdefault(h, set()).add(claim)
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def write_point(
+    conn: sqlite3.Connection,
+    cfg: Config,
+    point: Mapping[str, Any],
+    claims: Sequence[Mapping[str, Any]],
+    mechanism: Mapping[str, Any],
+    *,
+    seconds: float,
+    timing: Mapping[str, float],
+    started_at: str,
+    env: Mapping[str, Any],
+) -> int:
+    """Insert all rows of one finished point in one transaction; returns rows written.
+
+    ``claims`` are :meth:`ClaimResult.to_dict` dicts, ``mechanism`` is
+    :func:`mvsim.claims.mechanism`, ``env`` has mvsim_version, jax_version, backend and
+    n_devices. A row already stored for (config_hash, claim) is kept, not replaced.
+    """
+    from mvsim.report import json_default
+
+    h = config_hash(cfg)
+    finished = _now()
+    rows = []
+    for c in claims:
+        row = {
+            "config_hash": h,
+            "claim": c["id"],
+            "preset": cfg.preset,
+            "point_json": json.dumps(dict(point), sort_keys=True, default=json_default),
+            "config_json": canonical_json(cfg),
+            "verdict": c["verdict"],
+            "error_over_mu": c["error_over_mu"],
+            "ci_lo": c["ci95"][0],
+            "ci_hi": c["ci95"][1],
+            "bound_lo": c["bound"]["lo"],
+            "bound_hi": c["bound"]["hi"],
+            "error": c["error"],
+            "error_single_view": c["error_single_view"],
+            "error_multi_view": c["error_multi_view"],
+            "n_test_multi": c["n_test_multi"],
+            "n_test_single": c["n_test_single"],
+            "finite_k_prediction": c.get("finite_k_prediction"),
+            "n_models": c["seeds"],
+            "reason": c["reason"],
+            "claim_json": json.dumps(c, default=json_default),
+            "frac_one_view": mechanism["frac_one_view"],
+            "frac_two_views": mechanism["frac_two_views"],
+            "frac_no_view": mechanism["frac_no_view"],
+            "lottery_accuracy": mechanism.get("lottery_prediction_accuracy"),
+            "seconds": seconds,
+            "timing_json": json.dumps(dict(timing), default=json_default),
+            "started_at": started_at,
+            "finished_at": finished,
+            **{k: env[k] for k in ("mvsim_version", "jax_version", "backend", "n_devices")},
+        }
+        rows.append(tuple(row[k] for k in COLUMNS))
+    marks = ", ".join("?" * len(COLUMNS))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.executemany(f"INSERT OR IGNORE INTO results VALUES ({marks})", rows)
+        n = cur.rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return n
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """The store as a pandas DataFrame, one row per (point, claim), in insertion order.
+
+    Columns: :data:`COLUMNS`, plus ``point_<field>`` for each swept field (the values of
+    ``point_json``). ``df.attrs['axes']`` lists the swept fields.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result store at {path}")
+    conn = connect(path)
+    try:
+        df = pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
+    finally:
+        conn.close()
+    points = [json.loads(p) for p in df["point_json"]]
+    axes: list[str] = sorted({k for p in points for k in p})
+    for ax in axes:
+        df[f"point_{ax}"] = [_scalar(p.get(ax)) for p in points]
+    df.attrs["axes"] = axes
+    return df
+
+
+def _scalar(v: Any) -> Any:
+    """A pair-valued field (ρ, Γ, ...) as the string 'lo,hi' so it fits one column."""
+    if isinstance(v, list | tuple):
+        return ",".join(f"{x:g}" for x in v)
+    return v
+
+
+def export(
+    path: str | Path, *, csv: str | Path | None = None, parquet: str | Path | None = None
+) -> list[str]:
+    """Write the store as CSV and/or Parquet (Parquet needs pyarrow). Returns the paths."""
+    if parquet is not None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "--parquet needs pyarrow, which mvsim does not install by default: "
+                "python -m pip install pyarrow"
+            ) from None
+    df = read_results(path)
+    written = []
+    for target, write in ((csv, lambda p: df.to_csv(p, index=False)),
+                          (parquet, lambda p: df.to_parquet(p, index=False))):  # fmt: skip
+        if target is None:
+            continue
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        write(tmp)
+        tmp.replace(target)  # atomic: a reader never sees half a file
+        written.append(str(target))
+    return written

@@ -1,0 +1,304 @@
+"""Sweeps: grid parsing and its errors, the store's schema and exports, resume after a
+SIGKILL, the figures, and sharded = unsharded training on 4 forced host devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mvsim import cli, store, sweep
+from mvsim.config import ConfigError, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny sweep: short training and small test sets, so a point takes seconds.
+FIXED = ["T=300", "n_test_multi=500", "n_test_single=500", "seeds=2", "kd_students=2"]
+GRID = ["mu=0.05,0.1,0.2"]
+CLAIMS = "single,ensemble"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _sweep_cmd(db: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "mvsim.cli", "sweep", "--preset", "tiny", "--store", str(db)]
+    cmd += ["--claims", CLAIMS, "--no-progress"]
+    for g in GRID:
+        cmd += ["--grid", g]
+    for s in FIXED:
+        cmd += ["--set", s]
+    return cmd
+
+
+# --- grid parsing -----------------------------------------------------------------------
+
+
+def test_grid_product_and_types() -> None:
+    grid = sweep.parse_grid(["k=4,5", "mu=0.05,0.1,0.2", "rho=(0.01,0.02),(0.02,0.04)"])
+    assert grid == {"k": [4, 5], "mu": [0.05, 0.1, 0.2], "rho": [(0.01, 0.02), (0.02, 0.04)]}
+    assert sweep.parse_grid(["rho=0.01,0.02;0.02,0.04"])["rho"] == [(0.01, 0.02), (0.02, 0.04)]
+    assert sweep.parse_grid(["data.mu=0.1"]) == {"mu": [0.1]}  # section.field, as --set
+    points = sweep.build_points("tiny", {"T": 10}, grid)
+    assert len(points) == 2 * 3 * 2
+    assert len({p.hash for p in points}) == len(points)
+    for p in points:
+        assert p.cfg.train.T == 10
+        assert p.cfg.data.k == p.values["k"] and p.cfg.data.mu == p.values["mu"]
+        assert p.cfg.data.N == 32 * p.values["k"]  # the preset derives N from the swept k
+        assert p.hash == store.config_hash(p.cfg)
+
+
+def test_grid_file(tmp_path: Path) -> None:
+    f = tmp_path / "grid.toml"
+    f.write_text("[grid]\nmu = [0.05, 0.1]\nP = [8, 10]\nGamma = [[0.05, 0.1], [0.1, 0.2]]\n")
+    grid = sweep.load_grid(f)
+    assert grid == {"mu": [0.05, 0.1], "P": [8, 10], "Gamma": [(0.05, 0.1), (0.1, 0.2)]}
+    j = tmp_path / "grid.json"
+    j.write_text(json.dumps({"eta": [1, 2]}))
+    assert sweep.load_grid(j) == {"eta": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match="'mu'.*given twice"):
+        sweep.merge_grids(grid, {"mu": [0.2]})
+
+
+# (grid items, field the error must name, fragment of the message)
+BAD_GRIDS = [
+    (["kk=1,2"], "kk", "unknown config field"),
+    (["mu=0.1,abc"], "mu", "cannot parse as float"),
+    (["mu=0.1,1.5"], "mu", "[0.0, 1.0]"),  # out of range: found when the points are built
+    (["k=4,2.5"], "k", "cannot parse as int"),
+    (["mu="], "mu", "empty value"),
+    (["mu=0.1,,0.2"], "mu", "empty value"),
+    (["mu=0.1,0.1"], "mu", "distinct"),
+    (["mu=0.1", "mu=0.2"], "mu", "given twice"),
+    (["rho=0.01,0.02"], "rho", "pair field"),
+    (["P=7,8"], "P", "C_p·(2 + max_noisy)"),  # a combination the config rejects
+    (["k=4,40"], "d", "2k = 80"),  # k = 40 needs d ≥ 80: names d, and the point
+    (["mu"], "mu", "field=v1,v2"),
+]
+
+
+@pytest.mark.parametrize(("items", "field", "fragment"), BAD_GRIDS)
+def test_bad_grid_rejected_before_compute(items, field, fragment) -> None:
+    with pytest.raises(ConfigError) as e:
+        sweep.build_points("tiny", {}, sweep.parse_grid(items))
+    assert e.value.field == field and fragment in str(e.value), str(e.value)
+
+
+def test_empty_grid_and_clashes_rejected() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        sweep.build_points("tiny", {}, {})
+    with pytest.raises(ConfigError, match="both swept"):
+        sweep.build_points("tiny", {"mu": 0.1}, {"mu": [0.1, 0.2]})
+    with pytest.raises(ConfigError, match="--claims"):
+        sweep.check_claims(["single", "nope"])
+
+
+def test_cli_rejects_bad_grid_without_touching_the_store(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "s.sqlite"
+    rc = cli.main(["sweep", "--preset", "tiny", "--grid", "mu=0.1,2", "--store", str(db)])
+    assert rc == 2 and "'mu'" in capsys.readouterr().err
+    rc = cli.main(["sweep", "--preset", "tiny", "--store", str(db)])
+    assert rc == 2 and "grid" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_config_hash_is_canonical() -> None:
+    a = make_config("tiny", {"mu": 0.1, "k": 5})
+    b = make_config("tiny", {"k": 5, "mu": 0.1})
+    assert store.config_hash(a) == store.config_hash(b)
+    assert store.config_hash(a) != store.config_hash(make_config("tiny", {"mu": 0.1}))
+    assert store.canonical_json(a) == store.canonical_json(type(a).from_json(a.to_json()))
+
+
+# --- a sweep killed with SIGKILL, then resumed ------------------------------------------
+
+
+def _rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return c.execute(
+            "SELECT config_hash, claim, finished_at, error_over_mu FROM results ORDER BY rowid"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Start the sweep, SIGKILL it as soon as its first point is stored, restart it."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    db = tmp / "s.sqlite"
+    # JAX's persistent compilation cache: the restart reuses the first run's executables
+    # (as a user's restarted sweep would with it set), which keeps this test fast.
+    env = _env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    proc = subprocess.Popen(_sweep_cmd(db), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    before: list[tuple] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                before = _rows(db)
+            except sqlite3.OperationalError:  # the table is being created
+                before = []
+            if before:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    log1 = proc.communicate()[0]
+    assert before, "the first point was never stored:\n" + log1[-3000:]
+    after_kill = _rows(db)
+    second = subprocess.run(_sweep_cmd(db), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    return db, before, after_kill, _rows(db), second.stdout
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(resumed) -> None:
+    db, before, after_kill, after, log = resumed
+    n_points, n_claims = 3, 2
+    done = len({r[0] for r in after_kill})
+    # Killed mid-sweep: whole points only (both claims of each), and not all of them.
+    assert len(after_kill) == done * n_claims and 1 <= done < n_points
+    # The restart computed exactly the missing points and reported it.
+    assert f"computed {n_points - done} points, skipped {done} already stored" in log
+    assert len(after) == n_points * n_claims
+    assert len(set((h, c) for h, c, *_ in after)) == len(after)  # no duplicate row
+    assert after[: len(after_kill)] == after_kill  # finished rows untouched (same timestamps)
+    assert set(after_kill) >= set(before)
+
+
+def test_rerun_of_a_finished_sweep_computes_nothing(resumed, capsys) -> None:
+    db = resumed[0]
+    argv = _sweep_cmd(db)[3:]  # the same command, in process
+    assert cli.main(argv) == 0
+    assert "computed 0 points, skipped 3 already stored" in capsys.readouterr().out
+    assert len(_rows(db)) == 6
+
+
+def test_store_schema(resumed) -> None:
+    db = resumed[0]
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        cols = [r[1] for r in c.execute("PRAGMA table_info(results)")]
+        pk = [r[1] for r in sorted(c.execute("PRAGMA table_info(results)"), key=lambda r: r[5])
+              if r[5]]  # fmt: skip
+    assert cols == list(store.COLUMNS) and pk == ["config_hash", "claim"]
+    df = store.read_results(db)
+    assert len(df) == 6 and df.attrs["axes"] == ["mu"]
+    assert sorted(df["point_mu"].unique()) == [0.05, 0.1, 0.2]
+    assert set(df["claim"]) == {"single", "ensemble"}
+    for _, r in df.iterrows():
+        cfg = json.loads(r["config_json"])
+        assert cfg["data"]["mu"] == r["point_mu"] and cfg["train"]["T"] == 300
+        assert store.config_hash(type(make_config("tiny")).from_dict(cfg)) == r["config_hash"]
+        assert r["ci_lo"] <= r["error_over_mu"] <= r["ci_hi"]
+        assert r["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert abs(r["frac_one_view"] + r["frac_two_views"] + r["frac_no_view"] - 1) < 1e-9
+        assert r["n_test_multi"] == 500 and r["backend"] == "cpu" and r["seconds"] > 0
+        assert r["started_at"] <= r["finished_at"]
+        claim = json.loads(r["claim_json"])
+        assert claim["id"] == r["claim"] and claim["error_over_mu"] == r["error_over_mu"]
+    single = df[df["claim"] == "single"].iloc[0]
+    assert (single["bound_lo"], single["bound_hi"]) == (0.49, 0.51)
+    assert single["n_models"] == 2
+
+
+def test_exports_round_trip(resumed, tmp_path: Path) -> None:
+    import pandas as pd
+
+    db = resumed[0]
+    df = store.read_results(db)
+    assert cli.main(["results", str(db), "--csv", str(tmp_path / "r.csv")]) == 0
+    back = pd.read_csv(tmp_path / "r.csv")
+    assert list(back.columns) == list(df.columns)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        rc = cli.main(["results", str(db), "--parquet", str(tmp_path / "r.parquet")])
+        assert rc == 2 and not (tmp_path / "r.parquet").exists()
+    else:
+        assert cli.main(["results", str(db), "--parquet", str(tmp_path / "r.parquet")]) == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "r.parquet"), df)
+
+
+def test_parquet_without_pyarrow_says_how_to_install(resumed, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    assert cli.main(["results", str(resumed[0]), "--parquet", "x.parquet"]) == 2
+    assert "pip install pyarrow" in capsys.readouterr().err
+
+
+def test_sweep_plots(resumed, tmp_path: Path) -> None:
+    assert cli.main(["plot", str(resumed[0]), "--out", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"{n}.{e}" for n in ("error_vs_mu", "views_vs_mu")
+                           for e in ("png", "svg"))  # fmt: skip
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_phase_diagram_for_two_axes(resumed, tmp_path: Path) -> None:
+    """A two-axis store (the one-axis store with a second, fake axis) gets heatmaps."""
+    from mvsim import plots
+
+    df = store.read_results(resumed[0])
+    two = df.copy()
+    two["point_eta"] = 1.0
+    two2 = df.copy()
+    two2["point_eta"] = 2.0
+    two2["config_hash"] = two2["config_hash"] + "b"
+    import pandas as pd
+
+    both = pd.concat([two, two2], ignore_index=True)
+    both.attrs["axes"] = ["eta", "mu"]
+    paths = plots.sweep_figures(both, tmp_path)
+    assert str(tmp_path / "phase_single_eta_mu.png") in paths
+    assert str(tmp_path / "phase_ensemble_eta_mu.svg") in paths
+
+
+# --- sharded seeds on 4 forced host devices --------------------------------------------
+
+_SHARD_SCRIPT = r"""
+import jax, numpy as np
+from mvsim import data, devices, model
+from mvsim.config import make_config
+from mvsim.train import train
+assert jax.device_count() == 4, jax.devices()
+cfg = make_config("tiny", {"T": 200})
+V = data.features(jax.random.key(0), cfg.data.d, cfg.data.k)
+ts = data.training_set(jax.random.key(1), cfg.data, V)
+net = model.network(cfg.model, cfg.data.k, cfg.data.d)
+run = lambda shard: train(jax.random.key(2), net, ts.x, ts.y, V, cfg.train, seeds=8,
+                          shard=shard)
+a, b = run(True), run(False)
+assert len(a.params.sharding.device_set) == 4, a.params.sharding
+assert len(b.params.sharding.device_set) == 1, b.params.sharding
+# Uneven seed counts stay where they are (documented fallback: no phantom padded seeds).
+odd = np.zeros((3, 2))
+assert devices.shard_seeds(odd) is odd
+assert len(devices.shard_seeds(np.zeros((8, 2))).sharding.device_set) == 4
+np.testing.assert_array_equal(a.stop_step, b.stop_step)
+np.testing.assert_allclose(np.asarray(a.params), np.asarray(b.params), rtol=1e-5, atol=1e-6)
+np.testing.assert_allclose(a.final_loss, b.final_loss, rtol=1e-5, atol=1e-7)
+np.testing.assert_allclose(a.alignment, b.alignment, rtol=1e-5, atol=1e-6)
+diff = float(np.abs(np.asarray(a.params) - np.asarray(b.params)).max())
+print("sharded", a.params.sharding, "max |diff|", diff)
+"""
+
+
+def test_sharded_seeds_match_unsharded_on_4_devices() -> None:
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "sharded" in proc.stdout
