@@ -102,12 +102,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from mvsim import experiments
+
+    mod = experiments.module(args.name)
+    preset = args.preset or experiments.DEFAULT_PRESET[args.name]
+    overrides = load_file(args.config) if args.config else {}
+    overrides.update(parse_set(args.set))
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.name == "theory-scaling":
+        try:
+            ks = [int(v) for v in args.ks.split(",")] if args.ks else list(mod.DEFAULT_KS)
+        except ValueError:
+            msg = "must be comma-separated integers, e.g. 4,6,8"
+            raise ConfigError("--ks", args.ks, msg) from None
+        rep = mod.run(ks, preset, overrides, progress=not args.no_progress)
+    else:
+        if args.ks:
+            raise ConfigError("--ks", args.ks, "applies to theory-scaling only")
+        cfg = make_config(preset, overrides)
+        rep = mod.run(cfg, progress=not args.no_progress)
+    print(mod.table(rep))
+    if args.out:
+        paths = experiments.write(rep, args.out, mod.figure)
+        print(f"\nwrote {Path(args.out) / 'report.json'} and {len(paths)} figure files")
+    return 0
+
+
 def cmd_plot_report(args: argparse.Namespace) -> int:
     from mvsim import plots
 
     rep = json.loads(Path(args.report).read_text())
     out = Path(args.out) if args.out else Path(args.report).parent / "figures"
-    for p in plots.all_figures(rep, out):
+    if "experiment" in rep:  # a supporting experiment's report draws its own figure
+        from mvsim import experiments
+
+        paths = experiments.module(rep["experiment"]).figure(rep, out)
+    else:
+        paths = plots.all_figures(rep, out)
+    for p in paths:
         print(p)
     return 0
 
@@ -209,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
+    p.add_argument("name", choices=("dropping", "gaussian", "theory-scaling"))
+    p.add_argument("--preset", default=None,
+                   help="preset (default: demo; theory for theory-scaling)")  # fmt: skip
+    p.add_argument("--config", help="JSON or TOML file of field overrides (flat or by section)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field (repeatable)")  # fmt: skip
+    p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
+    p.add_argument("--ks", help="theory-scaling: comma-separated k values (default 4,6,8,10)")
+    p.add_argument("--out", help="directory for report.json and figures/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_experiment)
 
     sub.add_parser(
         "bench", help="benchmarks (from a source checkout): mvsim bench [--quick] [--out F]"

@@ -142,6 +142,20 @@ class DataConfig:
     """Project the Gaussian noise off the span of the 2k views: the d → ∞ limit of the
     paper's noise. At CPU-sized d, isotropic noise leaks ≈ σ√d/√d along every view and
     feeds the losing view (feasibility study 2). False gives isotropic noise."""
+    family: Literal["multiview", "gaussian"] = "multiview"
+    """Data family. 'multiview': Definition 3.1 (everything above). 'gaussian': the paper's
+    control without multi-view structure (notes §7.1), a Gaussian mixture with the same
+    k, d, P, N shapes: class y has mean a·u_y on every patch (u_y = v_{y,1}, one
+    direction per class, present at the same strength in every sample) and isotropic
+    covariance σ_n²·I on every patch, independently (``project_noise`` is ignored: the
+    covariance must stay full rank). a is set by ``gauss_sep``; the multi-view fields
+    (s, μ, ρ, Γ, z ranges) are unused, and every point has single_view = False."""
+    gauss_sep: float = 6.0
+    """'gaussian' family: separation Δ = ‖M_i − M_j‖/σ_n of any two class means (the mean
+    per patch is a = Δ·σ_n/√(2P)). The Bayes error of one pairwise decision is Φ(−Δ/2);
+    of the k-class decision 1 − ∫φ(z − Δ/√2)Φ(z)^{k−1}dz (``data.gaussian_bayes_error``,
+    0.010 at k = 10). Chosen so that a trained single model's test error is clearly
+    nonzero (an ensemble gain cannot be measured at zero error) but far below chance."""
 
     def __post_init__(self) -> None:
         _int("k", self.k, 2)
@@ -172,6 +186,8 @@ class DataConfig:
         _real("sigma_n", self.sigma_n, 0.0)
         if not isinstance(self.project_noise, bool):
             raise ConfigError("project_noise", self.project_noise, "must be true or false")
+        _choice("family", self.family, ("multiview", "gaussian"))
+        _real("gauss_sep", self.gauss_sep, 0.0, lo_open=True)
 
     @property
     def noisy_cap(self) -> int:
@@ -395,6 +411,33 @@ class NTKConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """The supporting experiments (``mvsim experiment NAME``, :mod:`mvsim.experiments`)."""
+
+    drop_threshold: float = 0.25
+    """Neuron dropping: neuron r of class i counts as carrying view ℓ (and is zeroed with
+    it) when ⟨w_{i,r}, v_{i,ℓ}⟩ ≥ drop_threshold·ϱ. In units of ϱ: far above the init
+    scale (≈ 2σ_0 = 0.07ϱ at demo) and below the learned-view threshold; a neuron left
+    below it adds at most ReLU~(0.25ϱ) = 0.001ϱ per patch at q = 4."""
+    gauss_gain_ratio: float = 0.2
+    """Gaussian control: the ensemble's relative error reduction on Gaussian data counts
+    as "far smaller" than on multi-view data when its CI lies below gauss_gain_ratio × the
+    lower CI end of the multi-view reduction (a fifth, by default)."""
+    exp_n_test_multi: int = 20_000
+    """Multi-view test points of the supporting experiments (fewer than verify's: they
+    compare models with each other, no < 0.001μ bound needs resolving)."""
+    exp_n_test_single: int = 20_000
+    """Single-view test points of the supporting experiments (Gaussian family: the two
+    test sets are pooled, as they come from the same mixture)."""
+
+    def __post_init__(self) -> None:
+        _real("drop_threshold", self.drop_threshold, 0.0, lo_open=True)
+        _real("gauss_gain_ratio", self.gauss_gain_ratio, 0.0, 1.0, lo_open=True)
+        _int("exp_n_test_multi", self.exp_n_test_multi, 1)
+        _int("exp_n_test_single", self.exp_n_test_single, 1)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved config: one section per concept, unique field names."""
 
@@ -405,6 +448,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     ntk: NTKConfig = field(default_factory=NTKConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def __post_init__(self) -> None:
         if self.distill.kd_students > self.verify.seeds:
@@ -472,6 +516,7 @@ _SECTIONS: dict[str, type] = {
     "distill": DistillConfig,
     "verify": VerifyConfig,
     "ntk": NTKConfig,
+    "experiment": ExperimentConfig,
 }
 
 FIELD_SECTION: dict[str, str] = {

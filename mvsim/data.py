@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -186,6 +187,65 @@ def _sample(
     return batch, truth
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "stratified", "dtype"))
+def _sample_gaussian(
+    key: jax.Array, V: jax.Array, cfg: DataConfig, n: int, stratified: bool, dtype: jnp.dtype
+) -> tuple[Batch, GroundTruth]:
+    """The 'gaussian' family: x_p = a·u_y + ξ_p on every patch, ξ_p ~ N(0, σ_n² I_d).
+
+    u_y = v_{y,1} (the first view of class y), a = Δ·σ_n/√(2P), so the class means
+    M_y = a·(u_y, …, u_y) ∈ R^{P×d} are pairwise ‖M_i − M_j‖ = Δ·σ_n apart. There is one
+    feature per class and every sample carries it at the same strength: no sample lacks
+    a view, which is the structure the multi-view theory needs.
+    """
+    k, P, d = cfg.k, cfg.P, cfg.d
+    ky, kn = jax.random.split(key)
+    if stratified:
+        y = (jnp.arange(n) % k).astype(jnp.int32)
+    else:
+        y = jax.random.randint(ky, (n,), 0, k, dtype=jnp.int32)
+    a = gaussian_mean(cfg)
+    coef = jnp.zeros((n, P, k, 2)).at[jnp.arange(n), :, y, 0].set(a)
+    noise = jax.random.normal(kn, (n, P, d)) * cfg.sigma_n
+    x = coef.reshape(n, P, 2 * k) @ V.reshape(2 * k, d).astype(jnp.float32) + noise
+    present = jnp.zeros((n, k, 2), bool).at[jnp.arange(n), y, 0].set(True)
+    batch = Batch(x.astype(dtype), y, jnp.zeros(n, bool), jnp.full(n, -1, jnp.int32))
+    truth = GroundTruth(
+        coef.astype(dtype),
+        noise.astype(dtype),
+        present,
+        jnp.zeros((n, k, 2, cfg.C_p), jnp.int32),
+        (present * (a * P)).astype(dtype),
+        jnp.zeros(n, jnp.int32),
+    )
+    return batch, truth
+
+
+def gaussian_mean(cfg: DataConfig) -> float:
+    """Per-patch mean a = Δ·σ_n/√(2P) of the 'gaussian' family (Δ = ``gauss_sep``)."""
+    return cfg.gauss_sep * cfg.sigma_n / math.sqrt(2 * cfg.P)
+
+
+def gaussian_bayes_error(k: int, sep: float, grid: int = 20001) -> float:
+    """Bayes error of the 'gaussian' family with k classes at separation Δ = ``sep``.
+
+    The class means are equal-norm and pairwise orthogonal-direction, so the optimal rule
+    picks argmax_j ⟨Σ_p x_p, u_j⟩; these k scores are independent normals of equal
+    variance, the true class's shifted by Δ/√2 standard deviations. Hence
+    error = 1 − ∫ φ(z − Δ/√2) Φ(z)^{k−1} dz (trapezoid rule on ±12 sd, error < 1e-9).
+    At k = 2 it is Φ(−Δ/2).
+    """
+    import numpy as np
+
+    if k < 2 or sep <= 0:
+        raise ValueError(f"need k ≥ 2 and sep > 0, got k={k}, sep={sep}")
+    delta = sep / math.sqrt(2.0)
+    z = np.linspace(delta - 12.0, delta + 12.0, grid)
+    phi = np.exp(-0.5 * (z - delta) ** 2) / math.sqrt(2 * math.pi)
+    Phi = 0.5 * np.array([math.erfc(-t / math.sqrt(2.0)) for t in z])
+    return float(1.0 - np.trapezoid(phi * Phi ** (k - 1), z))
+
+
 def sample(
     key: jax.Array,
     cfg: DataConfig,
@@ -205,6 +265,7 @@ def sample(
       n: number of samples.
       V: views (k, 2, d) from :func:`features` (shared by training and test sets).
       view: 'mixed' (D_s with probability μ, else D_m), 'multi' (all D_m) or 'single'.
+        Ignored by the 'gaussian' family (``cfg.family``), which has no views to select.
       stratified: exact composition instead of i.i.d. labels (see ``train_composition``).
       ground_truth: also return the :class:`GroundTruth`.
       dtype: dtype of ``x``.
@@ -216,6 +277,9 @@ def sample(
         raise ValueError(f"view = {view!r}: must be 'mixed', 'multi' or 'single'")
     if n < 1:
         raise ValueError(f"n = {n}: must be ≥ 1")
+    if cfg.family == "gaussian":  # one mixture: `view` has nothing to select
+        batch, truth = _sample_gaussian(key, V, cfg, n, stratified, jnp.dtype(dtype))
+        return (batch, truth) if ground_truth else batch
     static, sc = _scalars(cfg, n, view)
     batch, truth = _sample(key, V, sc, static, n, view, stratified, jnp.dtype(dtype))
     return (batch, truth) if ground_truth else batch

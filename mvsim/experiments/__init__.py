@@ -1,0 +1,100 @@
+"""The paper's supporting experiments (issue 8), beside the four theorems.
+
+- ``dropping`` (:mod:`.dropping`): zero the neurons of a class that carry its learned
+  view; accuracy by view before and after; ensembles of the other seeds restore it.
+- ``gaussian`` (:mod:`.gaussian`): single vs ensemble vs KD on a Gaussian mixture with
+  the same shapes, beside the multi-view data; claim ``gaussian_ensemble_no_gain``.
+- ``theory-scaling`` (:mod:`.theory_scaling`): the paper's own parameter recipe (the
+  ``theory`` preset) at growing k.
+
+Each ``run_*`` is a function of a config (theory-scaling: of a preset, overrides and a
+list of k) and returns a JSON-ready report dict with the full config, versions, timing
+and ``rows``: flat dicts of scalars, one per measured cell, ready for a results store.
+``write`` saves it atomically (``report.write_json``) with its figure (PNG + SVG).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from mvsim.config import Config
+from mvsim.report import SCHEMA_VERSION, write_json
+from mvsim.stats import clopper_pearson_interval
+
+NAMES = ("dropping", "gaussian", "theory-scaling")
+DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory"}
+
+
+def envelope(name: str, cfg: Config) -> dict[str, Any]:
+    """The header every experiment report shares with a verify report."""
+    from mvsim import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "experiment": name,
+        "preset": cfg.preset,
+        "config": cfg.to_dict(),
+        "mvsim_version": __version__,
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+def rate_ci(correct: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
+    """(rate, lo, hi): a proportion with its exact Clopper–Pearson interval (NaNs if n = 0)."""
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    lo, hi = clopper_pearson_interval(int(correct), int(n), level)
+    return correct / n, lo, hi
+
+
+def fmt_ci(rate: float, lo: float, hi: float, digits: int = 3) -> str:
+    """'0.512 [0.498, 0.526]', or '—' for an undefined rate; an unbounded end shows as ∞."""
+    if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        return "—"
+    end = lambda v, inf: inf if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+    return f"{rate:.{digits}f} [{end(lo, '−∞')}, {end(hi, '∞')}]"
+
+
+def text_table(head: list[str], body: list[list[str]]) -> list[str]:
+    """Left-aligned columns, a dashed rule under the header."""
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
+
+
+def write(
+    rep: dict[str, Any], out: str | Path, figure: Callable[[dict, Path], list[str]]
+) -> list[str]:
+    """``out/report.json`` (atomic) and the experiment's figure under ``out/figures``."""
+    out = Path(out)
+    write_json(out / "report.json", rep)
+    return figure(rep, out / "figures")
+
+
+def module(name: str):
+    """The module implementing experiment ``name`` (one of :data:`NAMES`)."""
+    if name == "dropping":
+        from mvsim.experiments import dropping as mod
+    elif name == "gaussian":
+        from mvsim.experiments import gaussian as mod
+    elif name == "theory-scaling":
+        from mvsim.experiments import theory_scaling as mod
+    else:
+        raise ValueError(f"unknown experiment {name!r}; known: {list(NAMES)}")
+    return mod
+
+
+__all__ = ["NAMES", "envelope", "fmt_ci", "module", "rate_ci", "text_table", "write"]
