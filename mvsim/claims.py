@@ -344,7 +344,15 @@ def _has(c: Claim, m: Measurements) -> bool:
 
 
 def mechanism(m: Measurements) -> dict[str, Any]:
-    """The view-learning pattern of the singles, the lottery check, memorisation."""
+    """The view-learning pattern of the singles, the lottery check, memorisation.
+
+    Keys: ``views_learned`` (K, k) views learned per single model and class (0/1/2);
+    fractions of classes with one / two / no view; ``lottery_prediction_accuracy`` (the
+    larger initial alignment wins, among one-view classes); ``two_views_by_initial_ratio``;
+    ``memorisation`` (summary and ``points``, see :func:`mvsim.mechanism.memorisation_split`);
+    ``init_alignment`` (K, k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩; ``views`` {group: (S, k, 2)
+    0/1 learned views} for every trained group (single, kd, self_distillation, control).
+    """
     views = m.groups["single"].views  # (K, k, 2)
     per_class = views.sum(-1)
     one = per_class == 1
@@ -372,4 +380,12 @@ def mechanism(m: Measurements) -> dict[str, Any]:
         "lottery_prediction_accuracy": float(lottery_ok.mean()) if lottery_ok.size else None,
         "two_views_by_initial_ratio": two_by_ratio,
         "memorisation": m.memorisation,
+        # For the lottery and self-distillation figures (mvsim.plots): the tickets and
+        # every model's learned views.
+        "init_alignment": np.round(m.init_alignment, 6).tolist(),
+        "views": {
+            name: np.asarray(g.views, int).tolist()
+            for name, g in m.groups.items()
+            if g.views is not None and np.ndim(g.views) == 3
+        },
     }
