@@ -52,6 +52,7 @@ class ClaimResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The claim's entry in report.json (``claims[i]``): JSON types only."""
         e = self.estimate
         ci = e.ci_over_mu()
         return {
@@ -329,7 +330,12 @@ CLAIMS: list[Claim] = [
 
 
 def evaluate_all(m: Measurements, ids: list[str] | None = None) -> list[ClaimResult]:
-    """Evaluate the registered claims (all, or those in ``ids``) on the measurements."""
+    """Evaluate the registered claims (all, or those in ``ids``) on the measurements.
+
+    Returns one :class:`ClaimResult` per claim whose models were trained, in the order of
+    :data:`CLAIMS`: its error/μ with the 95% CI (units of μ), per-stratum errors (fractions),
+    per-model rows and the PASS / FAIL / INCONCLUSIVE verdict.
+    """
     known = {c.id for c in CLAIMS}
     if ids is not None:
         unknown = sorted(set(ids) - known)

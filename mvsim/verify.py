@@ -94,7 +94,11 @@ NEEDS: dict[str, set[str]] = {
 def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
     """Train the models that ``claims`` (default: all) need, and measure them.
 
-    A pure function of ``cfg``: the same config gives the same numbers.
+    A pure function of ``cfg``: the same config gives the same numbers. Returns
+    :class:`Measurements`: per model group the boolean error vectors on the multi-view
+    (S, n_test_multi) and single-view (S, n_test_single) test sets, training accuracy (S,)
+    and learned views (S, k, 2); the singles' Λ history (K, L, k, 2) at the L recorded
+    steps; the lottery; memorisation; wall times in seconds.
     """
     unknown = sorted(set(claims or ()) - set(NEEDS))
     if unknown:
