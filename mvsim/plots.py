@@ -229,7 +229,8 @@ def draw_patches(batch: Batch, truth: GroundTruth, indices: Sequence[int]) -> Fi
     """Which patch carries which view: one heatmap per sample of its coefficients.
 
     Panel j shows ``truth.coef[indices[j]]`` as a (P patches × 2k views) image: the weight
-    of view v_{i,ℓ} in patch p (dimensionless; x_p = Σ coef·v + ξ_p). The sample's own two
+    of view v_{i,ℓ} in patch p (dimensionless; x_p = Σ coef·v + ξ_p), on a square-root
+    colour scale so that weak views and noisy features show. The sample's own two
     views are boxed; the title gives its class and whether it is multi-view or
     single-view (with its strong view ℓ̂).
 
@@ -239,6 +240,7 @@ def draw_patches(batch: Batch, truth: GroundTruth, indices: Sequence[int]) -> Fi
       indices: which samples to draw (one panel each).
     """
     plt = _plt()
+    from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
     coef = np.asarray(truth.coef)
@@ -251,8 +253,11 @@ def draw_patches(batch: Batch, truth: GroundTruth, indices: Sequence[int]) -> Fi
     im = None
     for ax, i in zip(axes[0], idx, strict=True):
         y = int(batch.y[i])
-        im = ax.imshow(coef[i].reshape(P, 2 * k), cmap="viridis", vmin=0, vmax=vmax,
-                       aspect="auto", interpolation="nearest")  # fmt: skip
+        # A square-root colour scale: the weak view (ρ) and the noisy features (Γ) are
+        # 10-50x below the strong views and would be invisible on a linear one.
+        im = ax.imshow(coef[i].reshape(P, 2 * k), cmap="viridis", aspect="auto",
+                       norm=PowerNorm(0.5, vmin=0, vmax=vmax),
+                       interpolation="nearest")  # fmt: skip
         ax.add_patch(Rectangle((2 * y - 0.5, -0.5), 2, P, fill=False, ec="w", lw=1.5))
         kind = (
             f"single-view, strong view {int(batch.strong_view[i]) + 1}"
@@ -265,7 +270,7 @@ def draw_patches(batch: Batch, truth: GroundTruth, indices: Sequence[int]) -> Fi
         ax.set_yticks(range(P), [str(p) for p in range(P)], fontsize=6)
         ax.set_xlabel("view (class.view)", fontsize=7)
     axes[0][0].set_ylabel("patch")
-    fig.colorbar(im, ax=list(axes[0]), label="coefficient of the view in the patch")
+    fig.colorbar(im, ax=list(axes[0]), label="coefficient of the view in the patch (√ scale)")
     return fig
 
 
