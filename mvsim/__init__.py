@@ -29,6 +29,7 @@ from mvsim.mechanism import (
     initial_ratio,
     learned_outcome,
     memorisation_split,
+    phase1_intervals,
     power_law_slope,
 )
 from mvsim.model import (
@@ -81,6 +82,7 @@ __all__ = [
     "memorisation_split",
     "network",
     "parse_set",
+    "phase1_intervals",
     "power_law_slope",
     "predict",
     "predicted_error",

@@ -6,8 +6,8 @@ paper's §8 statements into numbers a notebook can plot and a test can check:
 
 - Phase 1 (notes §8.2): while Λ ≪ ϱ the smoothed ReLU is in its z^q regime and Λ grows
   like x ↦ x + ηΘ(1/k)·x^{q−1}, so dΛ/dt against Λ is a power law of exponent q − 1
-  (:func:`growth_rates`, :func:`power_law_slope`). Phase 2 starts when the winning view
-  crosses ϱ (:func:`crossing_steps`).
+  (:func:`growth_rates`, :func:`power_law_slope`). Phase 2 of a class starts when its
+  winning view crosses ϱ (:func:`crossing_steps`, :func:`phase1_intervals`).
 - The lottery: the view with the larger initial alignment wins (:func:`initial_ratio`,
   :func:`learned_outcome`).
 - Memorisation: a single-view training point whose strong view was not learned is fitted
@@ -70,16 +70,48 @@ def growth_rates(steps: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.nda
     return mid, rate
 
 
-def power_law_slope(lam_mid: np.ndarray, rate: np.ndarray, lo: float, hi: float) -> float:
+def phase1_intervals(steps: np.ndarray, lam: np.ndarray, level: float) -> np.ndarray:
+    """Which recorded intervals lie in phase 1 of their class: no view of the class has
+    reached ``level`` (ϱ) by the interval's end.
+
+    After a class's first view crosses ϱ its multi-view points are fitted, the loss
+    factor (1 − logit_y) collapses and its other view stops following the phase-1 law,
+    so those intervals are left out of a phase-1 fit.
+
+    Args:
+      steps: (L,) recorded GD steps, increasing.
+      lam: (..., L, k, 2) Λ at those steps.
+      level: the threshold (ϱ), units of Λ.
+
+    Returns:
+      (..., L−1, k, 2) bool, aligned with :func:`growth_rates`.
+    """
+    steps = np.asarray(steps)
+    cross = crossing_steps(steps, lam, level).astype(float)  # (..., k, 2)
+    first = np.where(cross < 0, np.inf, cross).min(-1)  # (..., k)
+    inside = steps[1:, None] < first[..., None, :]  # (..., L−1, k)
+    return np.broadcast_to(inside[..., None], (*inside.shape, 2))
+
+
+def power_law_slope(
+    lam_mid: np.ndarray,
+    rate: np.ndarray,
+    lo: float,
+    hi: float,
+    mask: np.ndarray | None = None,
+) -> float:
     """Least-squares slope of log(rate) against log(Λ) over the points with lo ≤ Λ ≤ hi.
 
     In phase 1 the paper's dynamics dΛ/dt ∝ Λ^{q−1} give slope q − 1. Only points with a
-    positive rate enter (a losing view that shrinks has no power law). Returns NaN when
-    fewer than 3 points qualify or they span no range of Λ.
+    positive rate enter (a losing view that shrinks has no power law), and only where
+    ``mask`` (same shape, e.g. :func:`phase1_intervals`) is True. Returns NaN when fewer
+    than 3 points qualify or they span no range of Λ.
     """
     x = np.asarray(lam_mid, float).ravel()
     r = np.asarray(rate, float).ravel()
     ok = np.isfinite(x) & np.isfinite(r) & (r > 0) & (x >= lo) & (x <= hi)
+    if mask is not None:
+        ok &= np.broadcast_to(np.asarray(mask, bool), np.shape(lam_mid)).ravel()
     if ok.sum() < 3 or np.ptp(np.log(x[ok])) == 0:
         return float("nan")
     return float(np.polyfit(np.log(x[ok]), np.log(r[ok]), 1)[0])

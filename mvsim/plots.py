@@ -286,9 +286,10 @@ def draw_alignment_phases(
     the step at which each view reaches it (the end of its phase 1; steps are the
     log-spaced recorded ones, so a crossing is known within one recording interval).
     Right: the growth rate dΛ/dt (per GD step) against Λ for every class and view; in
-    phase 1 (Λ < ϱ) the paper's dynamics x ↦ x + ηΘ(1/k)x^{q−1} give a power law of
-    exponent q − 1, drawn as a reference line through the fitted points, next to the
-    least-squares slope (:func:`mvsim.mechanism.power_law_slope`) over ``fit_range``
+    a class's phase 1 (no view of it at ϱ yet, :func:`mvsim.mechanism.phase1_intervals`)
+    the paper's dynamics x ↦ x + ηΘ(1/k)x^{q−1} give a power law of exponent q − 1, drawn
+    as a reference line through the fitted points, next to the least-squares slope
+    (:func:`mvsim.mechanism.power_law_slope`) over those points in ``fit_range``
     (default: from twice the median initial Λ to ϱ/2).
     """
     plt = _plt()
@@ -316,16 +317,18 @@ def draw_alignment_phases(
     ax.legend(fontsize=6, ncol=2, loc="lower right")
 
     mid, rate = mechanism.growth_rates(steps, lam_all)
+    phase1 = mechanism.phase1_intervals(steps, lam_all, varrho)
     if fit_range is None:
         lam0 = float(np.median(lam_all[0])) if lam_all.shape[0] else 0.0
         fit_range = (2 * lam0, varrho / 2)
     lo, hi = fit_range
-    slope = mechanism.power_law_slope(mid, rate, lo, hi)
+    slope = mechanism.power_law_slope(mid, rate, lo, hi, phase1)
     pos = np.isfinite(rate) & (rate > 0) & (mid > 0)
-    below = pos & (mid < varrho)
-    bx.loglog(mid[below], rate[below], ".", color=PALETTE[0], ms=4, label="Λ < ϱ (phase 1)")
-    bx.loglog(mid[pos & ~below], rate[pos & ~below], ".", color="grey", ms=4, label="Λ ≥ ϱ")
-    sel = pos & (mid >= lo) & (mid <= hi)
+    bx.loglog(mid[pos & phase1], rate[pos & phase1], ".", color=PALETTE[0], ms=4,
+              label="phase 1 (no view of the class ≥ ϱ yet)")  # fmt: skip
+    bx.loglog(mid[pos & ~phase1], rate[pos & ~phase1], ".", color="grey", ms=4,
+              label="later")  # fmt: skip
+    sel = pos & phase1 & (mid >= lo) & (mid <= hi)
     if sel.any():
         x0 = float(np.exp(np.log(mid[sel]).mean()))
         y0 = float(np.exp(np.log(rate[sel]).mean()))

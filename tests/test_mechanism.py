@@ -136,3 +136,20 @@ def test_old_reports_still_replot(tmp_path) -> None:
     assert {"alignment_over_time", "view_matrix", "claims_vs_bounds", "ntk_bars"} <= names
     assert "alignment_phases" in names  # needs only the history, which old reports have
     assert not {"lottery", "memorisation", "self_distillation_views"} & names
+
+
+def test_phase1_intervals_end_when_the_class_learns_a_view() -> None:
+    """Class 0: view 1 reaches ϱ = 1 at step 10, so its phase 1 is the intervals ending
+    before step 10 — for both views, as view 2's later growth is phase-2 dynamics. Class 1
+    never reaches ϱ: every interval is phase 1."""
+    steps = np.array([0, 1, 3, 10, 30])
+    lam = np.zeros((5, 2, 2))  # (L, k, 2)
+    lam[:, 0, 0] = [0.1, 0.2, 0.5, 1.5, 3.0]
+    lam[:, 0, 1] = [0.1, 0.1, 0.1, 0.2, 0.6]
+    lam[:, 1, :] = 0.1
+    mask = mechanism.phase1_intervals(steps, lam, 1.0)
+    mid, _ = mechanism.growth_rates(steps, lam)
+    assert mask.shape == mid.shape == (4, 2, 2)
+    np.testing.assert_array_equal(mask[:, 0, 0], [True, True, False, False])
+    np.testing.assert_array_equal(mask[:, 0, 1], mask[:, 0, 0])
+    assert mask[:, 1].all()
