@@ -4,9 +4,9 @@ The public API, by concept (one module each): configs and presets (:mod:`mvsim.c
 the Definition-3.1 sampler (:mod:`mvsim.data`), the patch CNN (:mod:`mvsim.model`), the
 vmapped GD trainer (:mod:`mvsim.train`), distillation objectives (:mod:`mvsim.distill`),
 statistics and verdicts (:mod:`mvsim.stats`), the verify pipeline and its claims
-(:mod:`mvsim.verify`, :mod:`mvsim.claims`), reports and figures (:mod:`mvsim.report`,
-:mod:`mvsim.plots`), sweeps and their result store (:mod:`mvsim.sweep`, :mod:`mvsim.store`,
-:mod:`mvsim.devices`).
+(:mod:`mvsim.verify`, :mod:`mvsim.claims`), reading the mechanism off a run
+(:mod:`mvsim.mechanism`), reports and figures (:mod:`mvsim.report`, :mod:`mvsim.plots`),
+sweeps and their result store (:mod:`mvsim.sweep`, :mod:`mvsim.store`, :mod:`mvsim.devices`).
 """
 
 __version__ = "0.1.0"
@@ -25,6 +25,15 @@ from mvsim.config import (
     parse_set,
 )
 from mvsim.data import Batch, GroundTruth, features, iter_chunks, sample, training_set
+from mvsim.mechanism import (
+    crossing_steps,
+    growth_rates,
+    initial_ratio,
+    learned_outcome,
+    memorisation_split,
+    phase1_intervals,
+    power_law_slope,
+)
 from mvsim.model import (
     Network,
     alignment,
@@ -67,14 +76,21 @@ __all__ = [
     "build_points",
     "clopper_pearson_interval",
     "cross_entropy",
+    "crossing_steps",
     "evaluate_all",
     "features",
+    "growth_rates",
+    "initial_ratio",
     "iter_chunks",
+    "learned_outcome",
     "lottery_winner",
     "make_config",
+    "memorisation_split",
     "network",
     "parse_grid",
     "parse_set",
+    "phase1_intervals",
+    "power_law_slope",
     "predict",
     "predicted_error",
     "read_results",

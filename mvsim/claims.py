@@ -52,6 +52,7 @@ class ClaimResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The claim's entry in report.json (``claims[i]``): JSON types only."""
         e = self.estimate
         ci = e.ci_over_mu()
         return {
@@ -329,7 +330,12 @@ CLAIMS: list[Claim] = [
 
 
 def evaluate_all(m: Measurements, ids: list[str] | None = None) -> list[ClaimResult]:
-    """Evaluate the registered claims (all, or those in ``ids``) on the measurements."""
+    """Evaluate the registered claims (all, or those in ``ids``) on the measurements.
+
+    Returns one :class:`ClaimResult` per claim whose models were trained, in the order of
+    :data:`CLAIMS`: its error/μ with the 95% CI (units of μ), per-stratum errors (fractions),
+    per-model rows and the PASS / FAIL / INCONCLUSIVE verdict.
+    """
     known = {c.id for c in CLAIMS}
     if ids is not None:
         unknown = sorted(set(ids) - known)
@@ -344,7 +350,15 @@ def _has(c: Claim, m: Measurements) -> bool:
 
 
 def mechanism(m: Measurements) -> dict[str, Any]:
-    """The view-learning pattern of the singles, the lottery check, memorisation."""
+    """The view-learning pattern of the singles, the lottery check, memorisation.
+
+    Keys: ``views_learned`` (K, k) views learned per single model and class (0/1/2);
+    fractions of classes with one / two / no view; ``lottery_prediction_accuracy`` (the
+    larger initial alignment wins, among one-view classes); ``two_views_by_initial_ratio``;
+    ``memorisation`` (summary and ``points``, see :func:`mvsim.mechanism.memorisation_split`);
+    ``init_alignment`` (K, k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩; ``views`` {group: (S, k, 2)
+    0/1 learned views} for every trained group (single, kd, self_distillation, control).
+    """
     views = m.groups["single"].views  # (K, k, 2)
     per_class = views.sum(-1)
     one = per_class == 1
@@ -372,4 +386,12 @@ def mechanism(m: Measurements) -> dict[str, Any]:
         "lottery_prediction_accuracy": float(lottery_ok.mean()) if lottery_ok.size else None,
         "two_views_by_initial_ratio": two_by_ratio,
         "memorisation": m.memorisation,
+        # For the lottery and self-distillation figures (mvsim.plots): the tickets and
+        # every model's learned views.
+        "init_alignment": np.round(m.init_alignment, 6).tolist(),
+        "views": {
+            name: np.asarray(g.views, int).tolist()
+            for name, g in m.groups.items()
+            if g.views is not None and np.ndim(g.views) == 3
+        },
     }

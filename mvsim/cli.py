@@ -33,11 +33,13 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    """``mvsim presets``: print every preset and its resolved values."""
     print(describe_presets())
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``mvsim sample``: write a data set and its ground truth to an npz file, atomically."""
     import jax
     import numpy as np
 
@@ -70,6 +72,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """``mvsim verify``: train, measure, print the verdict table; with --out, write
+    report.json and every figure. Exit status 0 whatever the verdicts."""
     from mvsim import claims, plots, report, verify
 
     cfg = resolve(args)
@@ -131,6 +135,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
+    """``mvsim plot-report``: redraw every figure a saved report.json has the data for."""
     from mvsim import plots
 
     rep = json.loads(Path(args.report).read_text())
@@ -218,6 +223,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mvsim`` and its subcommands."""
     ap = argparse.ArgumentParser(
         prog="mvsim",
         description="Allen-Zhu & Li's multi-view theory of ensembles and distillation, runnable.",
@@ -297,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mvsim`` console script; returns the exit status (2 on a
+    config error, printed as ``mvsim: error: ...``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse would reject the benchmark's own options
         return cmd_bench(argv[1:])

@@ -465,9 +465,11 @@ class Config:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested ``{"preset": ..., section: {field: value}}`` (tuples stay tuples)."""
         return dataclasses.asdict(self)
 
     def to_json(self, **kw: Any) -> str:
+        """:meth:`to_dict` as a JSON string; ``kw`` goes to :func:`json.dumps`."""
         return json.dumps(self.to_dict(), **kw)
 
     @classmethod

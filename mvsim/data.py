@@ -288,7 +288,12 @@ def sample(
 def training_set(
     key: jax.Array, cfg: DataConfig, V: jax.Array, dtype: jnp.dtype = jnp.float32
 ) -> Batch:
-    """The training set Z: N samples, composed as ``cfg.train_composition`` says."""
+    """The training set Z: N samples, composed as ``cfg.train_composition`` says.
+
+    Returns a :class:`Batch` with x (N, P, d), y (N,), single_view (N,), strong_view (N,).
+    ``mvsim verify`` draws it with the key ``verify.stream(cfg, "data")`` and V from
+    ``verify.stream(cfg, "features")``.
+    """
     return sample(key, cfg, cfg.N, V, stratified=cfg.train_composition == "stratified", dtype=dtype)
 
 

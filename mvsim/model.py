@@ -28,6 +28,8 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
     """ReLU~(z): 0 for z ≤ 0, z^q/(q ϱ^{q−1}) on [0, ϱ], z − (1 − 1/q)ϱ above ϱ.
 
+    Elementwise: any shape in, the same shape out, in the units of z.
+
     C¹ with derivative (z/ϱ)^{q−1} on [0, ϱ]. The polynomial piece is evaluated at z
     clipped to [0, ϱ], so no branch ever sees an argument that would give NaN gradients,
     and is masked to 0 for z ≤ 0 so the gradient there is 0 even for q = 1 (where clip's
@@ -84,7 +86,8 @@ def _avg_apply_fn(q: int, varrho: float) -> ApplyFn:
 
 
 def network(cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Network:
-    """The paper's single network."""
+    """The paper's single network: ``init(key) -> W`` of shape (k, m, d) with i.i.d.
+    N(0, σ_0²) entries; ``apply(W, x (n, P, d)) -> logits (n, k)``."""
     return Network(
         init=lambda key: init_weights(key, cfg, k, d, dtype),
         apply=_apply_fn(cfg.q, cfg.varrho),

@@ -3,10 +3,20 @@ saved report.json can be re-plotted: ``mvsim plot-report DIR/report.json``."""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mvsim import mechanism
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mvsim.data import Batch, GroundTruth
 
 # Okabe–Ito: a colour-blind-safe palette.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -15,7 +25,11 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 def _plt():
     import matplotlib
 
-    matplotlib.use("Agg")
+    # Headless by default (the CLI writes files), but keep a backend someone chose: a
+    # notebook kernel sets MPLBACKEND to its inline backend, and forcing Agg there would
+    # hide every figure.
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -35,7 +49,13 @@ def _save(fig, out: Path, name: str) -> list[str]:
 def alignment_over_time(
     rep: dict[str, Any], out: Path, seed: int = 0, classes: int = 4
 ) -> list[str]:
-    """Λ_{i,ℓ} against GD step for the first few classes of one seed (log-log)."""
+    """Λ_{i,ℓ} against GD step for the first few classes of one seed (log-log), to files."""
+    return _save(draw_alignment_over_time(rep, seed, classes), out, "alignment_over_time")
+
+
+def draw_alignment_over_time(rep: dict[str, Any], seed: int = 0, classes: int = 4) -> Figure:
+    """Λ_{i,ℓ} (dimensionless, ϱ units on the axis) against GD step, first ``classes``
+    classes of single model ``seed``, log-log, with ϱ as a dotted line."""
     plt = _plt()
     steps = np.asarray(rep["history"]["steps"], float)
     lam = np.maximum(np.asarray(rep["history"]["single_alignment"])[seed], 1e-4)  # (L, k, 2)
@@ -56,11 +76,16 @@ def alignment_over_time(
     )
     ax.set_title(f"View alignment over training (seed {seed})")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out, "alignment_over_time")
+    return fig
 
 
 def view_matrix(rep: dict[str, Any], out: Path) -> list[str]:
-    """Views learned (0/1/2) per seed × class."""
+    """Views learned (0/1/2) per seed × class, to files."""
+    return _save(draw_view_matrix(rep), out, "view_matrix")
+
+
+def draw_view_matrix(rep: dict[str, Any]) -> Figure:
+    """Views learned (0/1/2) by each single model (rows) for each class (columns)."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
 
@@ -72,11 +97,17 @@ def view_matrix(rep: dict[str, Any], out: Path) -> list[str]:
     cb = fig.colorbar(im, ax=ax, ticks=[0, 1, 2])
     cb.set_label("views learned")
     ax.set(xlabel="class", ylabel="seed", title="View-learning matrix of the single models")
-    return _save(fig, out, "view_matrix")
+    return fig
 
 
 def claims_vs_bounds(rep: dict[str, Any], out: Path) -> list[str]:
-    """error/μ with its 95% CI per claim, the paper's bound drawn as a band."""
+    """error/μ with its 95% CI per claim, the paper's bound drawn as a band, to files."""
+    return _save(draw_claims_vs_bounds(rep), out, "claims_vs_bounds")
+
+
+def draw_claims_vs_bounds(rep: dict[str, Any]) -> Figure:
+    """error/μ with its 95% CI per claim (points) and the paper's bound (grey band),
+    annotated with each verdict."""
     plt = _plt()
     claims = rep["claims"]
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -99,11 +130,18 @@ def claims_vs_bounds(rep: dict[str, Any], out: Path) -> list[str]:
         )
     ax.set_xticks(range(len(claims)), [c["id"] for c in claims], rotation=15)
     ax.set(ylabel="test error / μ", ylim=(0, top), title="Claims against the paper's bounds (grey)")
-    return _save(fig, out, "claims_vs_bounds")
+    return fig
 
 
 def comparison_bars(rep: dict[str, Any], out: Path) -> list[str]:
-    """single / ensemble / KD / self-KD / training-average side by side, split by stratum."""
+    """single / ensemble / KD / self-KD / training-average by stratum, to files."""
+    return _save(draw_comparison_bars(rep), out, "comparison_bars")
+
+
+def draw_comparison_bars(rep: dict[str, Any]) -> Figure:
+    """single / ensemble / KD / self-KD / training-average side by side: the error rate
+    within the single-view and the multi-view test stratum (fractions, not /μ), with each
+    distillation claim's mean control error marked."""
     plt = _plt()
     claims = rep["claims"]
     names = [c["id"] for c in claims]
@@ -122,7 +160,7 @@ def comparison_bars(rep: dict[str, Any], out: Path) -> list[str]:
         ylabel="error rate within stratum", title="Single vs ensemble vs distillation (— control)"
     )
     ax.legend(fontsize=8)
-    return _save(fig, out, "comparison_bars")
+    return fig
 
 
 _NTK_GROUPS = (
@@ -140,6 +178,11 @@ _NTK_BARS = (
 
 
 def ntk_bars(rep: dict[str, Any], out: Path) -> list[str]:
+    """The deep-vs-NTK table as grouped bars, to files (see :func:`draw_ntk_bars`)."""
+    return _save(draw_ntk_bars(rep), out, "ntk_bars")
+
+
+def draw_ntk_bars(rep: dict[str, Any]) -> Figure:
     """The deep-vs-NTK table as grouped bars (the paper's Figure 1 on synthetic data).
 
     Groups: single / ensemble / training average / KD / self-KD; one bar per row (deep,
@@ -174,14 +217,288 @@ def ntk_bars(rep: dict[str, Any], out: Path) -> list[str]:
     )
     # Below the axes: inside, it would cover the tall CIs of small test sets.
     ax.legend(fontsize=8, ncol=len(_NTK_BARS), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    return _save(fig, out, "ntk_bars")
+    return fig
+
+
+# --- the mechanism, step by step (notebooks/02_mechanism.ipynb) -----------------------
+
+_OUTCOME_COLORS = (PALETTE[3], PALETTE[0], PALETTE[1], PALETTE[2])  # none, v1, v2, both
+
+
+def draw_patches(batch: Batch, truth: GroundTruth, indices: Sequence[int]) -> Figure:
+    """Which patch carries which view: one heatmap per sample of its coefficients.
+
+    Panel j shows ``truth.coef[indices[j]]`` as a (P patches × 2k views) image: the weight
+    of view v_{i,ℓ} in patch p (dimensionless; x_p = Σ coef·v + ξ_p), on a square-root
+    colour scale so that weak views and noisy features show. The sample's own two
+    views are boxed; the title gives its class and whether it is multi-view or
+    single-view (with its strong view ℓ̂).
+
+    Args:
+      batch: a data set (:func:`mvsim.data.sample`), for y, single_view, strong_view.
+      truth: its ground truth (``sample(..., ground_truth=True)``), for coef (n, P, k, 2).
+      indices: which samples to draw (one panel each).
+    """
+    plt = _plt()
+    from matplotlib.colors import PowerNorm
+    from matplotlib.patches import Rectangle
+
+    coef = np.asarray(truth.coef)
+    n, P, k, _ = coef.shape
+    idx = list(indices)
+    vmax = max(float(coef[idx].max()), 1e-9)
+    fig, axes = plt.subplots(
+        1, len(idx), figsize=(0.28 * 2 * k * len(idx) + 1.5, 0.25 * P + 1.6), squeeze=False
+    )
+    im = None
+    for ax, i in zip(axes[0], idx, strict=True):
+        y = int(batch.y[i])
+        # A square-root colour scale: the weak view (ρ) and the noisy features (Γ) are
+        # 10-50x below the strong views and would be invisible on a linear one.
+        im = ax.imshow(coef[i].reshape(P, 2 * k), cmap="viridis", aspect="auto",
+                       norm=PowerNorm(0.5, vmin=0, vmax=vmax),
+                       interpolation="nearest")  # fmt: skip
+        ax.add_patch(Rectangle((2 * y - 0.5, -0.5), 2, P, fill=False, ec="w", lw=1.5))
+        kind = (
+            f"single-view, strong view {int(batch.strong_view[i]) + 1}"
+            if bool(batch.single_view[i])
+            else "multi-view"
+        )
+        ax.set_title(f"sample {i}: class {y}\n{kind}", fontsize=8)
+        ax.set_xticks(range(2 * k), [f"{c}.{ell + 1}" for c in range(k) for ell in range(2)],
+                      rotation=90, fontsize=6)  # fmt: skip
+        ax.set_yticks(range(P), [str(p) for p in range(P)], fontsize=6)
+        ax.set_xlabel("view (class.view)", fontsize=7)
+    axes[0][0].set_ylabel("patch")
+    fig.colorbar(im, ax=list(axes[0]), label="coefficient of the view in the patch (√ scale)")
+    return fig
+
+
+def draw_alignment_phases(
+    rep: dict[str, Any],
+    seed: int = 0,
+    classes: int = 4,
+    fit_range: tuple[float, float] | None = None,
+) -> Figure:
+    """The two phases of feature learning for single model ``seed``.
+
+    Left: Λ_{i,ℓ} against GD step (log-log) for the first ``classes`` classes, with ϱ and
+    the step at which each view reaches it (the end of its phase 1; steps are the
+    log-spaced recorded ones, so a crossing is known within one recording interval).
+    Right: the growth rate dΛ/dt (per GD step) against Λ for every class and view; in
+    a class's phase 1 (no view of it at ϱ yet, :func:`mvsim.mechanism.phase1_intervals`)
+    the paper's dynamics x ↦ x + ηΘ(1/k)x^{q−1} give a power law of exponent q − 1, drawn
+    as a reference line through the fitted points, next to the least-squares slope
+    (:func:`mvsim.mechanism.power_law_slope`) over those points in ``fit_range``
+    (default: from twice the median initial Λ to ϱ/2).
+    """
+    plt = _plt()
+    steps = np.asarray(rep["history"]["steps"], float)
+    lam_all = np.maximum(np.asarray(rep["history"]["single_alignment"], float)[seed], 0.0)
+    varrho = rep["config"]["model"]["varrho"]
+    q = rep["config"]["model"]["q"]
+    cross = mechanism.crossing_steps(steps, lam_all, varrho)  # (k, 2)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    lam_plot = np.maximum(lam_all, 1e-4)
+    for i in range(min(classes, lam_all.shape[1])):
+        for ell, ls in ((0, "-"), (1, "--")):
+            ax.plot(np.maximum(steps, 1), lam_plot[:, i, ell], ls, color=PALETTE[i],
+                    label=f"class {i}, view {ell + 1}")  # fmt: skip
+            if cross[i, ell] >= 0:
+                ax.plot(max(cross[i, ell], 1), varrho, "o", color=PALETTE[i], ms=5)
+    winners = cross.max(-1)
+    if (winners >= 0).any():
+        t1 = float(np.median(winners[winners >= 0]))
+        ax.axvspan(1, max(t1, 1), color="grey", alpha=0.12, lw=0)
+        ax.text(1.2, varrho * 1.15, "phase 1 (median class)", fontsize=7, color="grey")
+    ax.axhline(varrho, color="grey", lw=0.8, ls=":", label="ϱ")
+    ax.set(xscale="log", yscale="log", xlabel="GD step", ylabel="Λ_{i,ℓ}",
+           title=f"Λ over training (seed {seed}); ● = reaches ϱ")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+
+    mid, rate = mechanism.growth_rates(steps, lam_all)
+    phase1 = mechanism.phase1_intervals(steps, lam_all, varrho)
+    if fit_range is None:
+        lam0 = float(np.median(lam_all[0])) if lam_all.shape[0] else 0.0
+        fit_range = (2 * lam0, varrho / 2)
+    lo, hi = fit_range
+    slope = mechanism.power_law_slope(mid, rate, lo, hi, phase1)
+    pos = np.isfinite(rate) & (rate > 0) & (mid > 0)
+    bx.loglog(mid[pos & phase1], rate[pos & phase1], ".", color=PALETTE[0], ms=4,
+              label="phase 1 (no view of the class ≥ ϱ yet)")  # fmt: skip
+    bx.loglog(mid[pos & ~phase1], rate[pos & ~phase1], ".", color="grey", ms=4,
+              label="later")  # fmt: skip
+    sel = pos & phase1 & (mid >= lo) & (mid <= hi)
+    if sel.any():
+        x0 = float(np.exp(np.log(mid[sel]).mean()))
+        y0 = float(np.exp(np.log(rate[sel]).mean()))
+        xs = np.array([lo, hi])
+        bx.loglog(xs, y0 * (xs / x0) ** (q - 1), "k--", lw=1, label=f"slope q − 1 = {q - 1}")
+        bx.axvspan(lo, hi, color=PALETTE[0], alpha=0.08, lw=0)
+    fitted = "n/a" if not np.isfinite(slope) else f"{slope:.2f}"
+    bx.set(xlabel="Λ_{i,ℓ}", ylabel="dΛ/dt (per GD step)",
+           title=f"Phase-1 power law: fitted slope {fitted} (shaded range)")  # fmt: skip
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw_lottery(rep: dict[str, Any]) -> Figure:
+    """The lottery: initial alignment ratio Λ^{(0)}_{i,1}/Λ^{(0)}_{i,2} (log scale) of each
+    (single model, class) against which views it learned, one point each (jittered).
+
+    The paper predicts view 1 when the ratio is > 1 and view 2 when it is < 1; close
+    races (ratio ≈ 1) are where two-view classes come from at finite k.
+    """
+    plt = _plt()
+    mech = rep["mechanism"]
+    ratio = mechanism.initial_ratio(np.asarray(mech["init_alignment"], float)).ravel()
+    outcome = mechanism.learned_outcome(np.asarray(mech["views"]["single"], bool)).ravel()
+    rng = np.random.default_rng(0)  # jitter only: fixed so the figure is reproducible
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    r = np.clip(np.nan_to_num(ratio, nan=1.0, posinf=1e3), 1e-3, 1e3)
+    for code, name in enumerate(mechanism.OUTCOMES):
+        sel = outcome == code
+        if sel.any():
+            ax.scatter(r[sel], code + rng.uniform(-0.15, 0.15, sel.sum()), s=14,
+                       color=_OUTCOME_COLORS[code], label=f"{name} ({sel.sum()})")  # fmt: skip
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(mechanism.OUTCOMES)), mechanism.OUTCOMES)
+    acc = mech.get("lottery_prediction_accuracy")
+    ax.set(xlabel="initial ratio Λ⁽⁰⁾_{i,1} / Λ⁽⁰⁾_{i,2} (clipped to [1e-3, 1e3])",
+           title="The lottery: the view that starts ahead is learned"
+           + ("" if acc is None else f" ({acc:.0%} of one-view classes)"))  # fmt: skip
+    return fig
+
+
+def draw_memorisation(rep: dict[str, Any]) -> Figure:
+    """Memorisation of single-view training points: F_y of each point's features alone
+    (x − ξ) against F_y of its noise alone (ξ), logit units, for every single model;
+    coloured by whether the model learned the point's strong view. Points whose strong
+    view was not learned sit near F_y(features) ≈ 0: their noise carries the margin."""
+    plt = _plt()
+    pts = rep["mechanism"]["memorisation"]["points"]
+    learned = np.asarray(pts["strong_view_learned"], bool)
+    fx = np.asarray(pts["F_y_features_only"], float)
+    fn = np.asarray(pts["F_y_noise_only"], float)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.scatter(fx[learned], fn[learned], s=14, color=PALETTE[0],
+               label=f"strong view learned ({learned.sum()})")  # fmt: skip
+    ax.scatter(fx[~learned], fn[~learned], s=14, color=PALETTE[3], marker="x",
+               label=f"strong view NOT learned ({(~learned).sum()})")  # fmt: skip
+    top = max(float(np.max(fx, initial=0)), float(np.max(fn, initial=0)), 1e-3)
+    ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="F_y(x − ξ): features only", ylabel="F_y(ξ): noise only",
+           title="Single-view training points: fitted by features or by noise?")  # fmt: skip
+    ax.legend(fontsize=8)
+    return fig
+
+
+def draw_distilled_views(rep: dict[str, Any], claim: str = "self_distillation") -> Figure:
+    """What each distilled student knows, class by class, next to where it came from.
+
+    For student j of ``claim`` ('self_distillation': taught by single j+1; 'kd': by the
+    ensemble of the other singles, whose views are their union), four rows: single j
+    (the student's own init trained alone, i.e. its lottery), the teacher, the control
+    (same init, taught by single j) and the student. Colours: which views are learned.
+    """
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+
+    views = {n: np.asarray(v, bool) for n, v in rep["mechanism"]["views"].items()}
+    singles, students, control = views["single"], views[claim], views["control"]
+    K = singles.shape[0]
+    n = students.shape[0]
+    fig, axes = plt.subplots(n, 1, figsize=(0.45 * singles.shape[1] + 3.5, 1.5 * n + 0.6),
+                             squeeze=False)  # fmt: skip
+    for j, ax in enumerate(axes[:, 0]):
+        if claim == "kd":
+            teacher = np.delete(singles, j, axis=0).any(0)
+            tname = "teacher (ensemble of the others)"
+        else:
+            teacher = singles[(j + 1) % K]
+            tname = f"teacher (single {(j + 1) % K})"
+        rows = [singles[j], teacher, control[j], students[j]]
+        names = [f"single {j} (own lottery)", tname, "control (taught by itself)",
+                 f"student {j}"]  # fmt: skip
+        codes = mechanism.learned_outcome(np.stack(rows))
+        ax.imshow(codes, cmap=ListedColormap(_OUTCOME_COLORS), vmin=-0.5, vmax=3.5,
+                  aspect="auto")  # fmt: skip
+        ax.set_yticks(range(4), names, fontsize=7)
+        ax.set_xticks(range(codes.shape[1]))
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1, 0].set_xlabel("class")
+    axes[0, 0].set_title(f"{claim}: views learned per class", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _OUTCOME_COLORS]
+    axes[-1, 0].legend(handles, mechanism.OUTCOMES, ncol=4, fontsize=7, loc="upper center",
+                       bbox_to_anchor=(0.5, -0.35))  # fmt: skip
+    return fig
+
+
+def draw_kernel_matrix(kernel: np.ndarray, y: np.ndarray) -> Figure:
+    """A kernel matrix Θ(X, X) (n, n) between n inputs of labels y (n,), rows and columns
+    sorted by class and normalised to cosine similarity Θ_ab / √(Θ_aa Θ_bb), with the
+    class blocks outlined. The NTK is fixed at init: this is all a kernel model will ever
+    know about which inputs resemble which."""
+    plt = _plt()
+    kern = np.asarray(kernel, float)
+    y = np.asarray(y)
+    order = np.argsort(y, kind="stable")
+    kern = kern[np.ix_(order, order)]
+    dg = np.sqrt(np.clip(np.diag(kern), 1e-300, None))
+    cos = kern / dg[:, None] / dg[None, :]
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(cos, cmap="magma", interpolation="nearest")
+    ys = y[order]
+    edges = np.flatnonzero(np.diff(ys)) + 0.5
+    for e in edges:
+        ax.axhline(e, color="w", lw=0.6)
+        ax.axvline(e, color="w", lw=0.6)
+    fig.colorbar(im, ax=ax, label="Θ(x, x′) / √(Θ(x, x) Θ(x′, x′))")
+    ax.set(xlabel="input (sorted by class)", ylabel="input (sorted by class)",
+           title="Infinite-width NTK between inputs")  # fmt: skip
+    return fig
+
+
+def alignment_phases(rep: dict[str, Any], out: Path, seed: int = 0) -> list[str]:
+    """:func:`draw_alignment_phases`, to files."""
+    return _save(draw_alignment_phases(rep, seed), out, "alignment_phases")
+
+
+def lottery(rep: dict[str, Any], out: Path) -> list[str]:
+    """:func:`draw_lottery`, to files."""
+    return _save(draw_lottery(rep), out, "lottery")
+
+
+def memorisation(rep: dict[str, Any], out: Path) -> list[str]:
+    """:func:`draw_memorisation`, to files."""
+    return _save(draw_memorisation(rep), out, "memorisation")
+
+
+def distilled_views(rep: dict[str, Any], out: Path) -> list[str]:
+    """:func:`draw_distilled_views` of self-distillation, to files."""
+    return _save(draw_distilled_views(rep), out, "self_distillation_views")
 
 
 def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
-    """Every figure of a verify report into ``out``; returns the written paths."""
+    """Every figure a report has the data for, into ``out``; returns the written paths.
+
+    Reports written before a figure existed lack its data (e.g. ``mechanism.views``):
+    that figure is skipped, so any saved report.json can be re-plotted.
+    """
     out = Path(out)
     paths: list[str] = []
+    mech = rep.get("mechanism", {})
     fns = [alignment_over_time, view_matrix, claims_vs_bounds, comparison_bars]
+    if "history" in rep:
+        fns.append(alignment_phases)
+    if "init_alignment" in mech and "single" in mech.get("views", {}):
+        fns.append(lottery)
+    if "points" in mech.get("memorisation", {}):
+        fns.append(memorisation)
+    if {"single", "self_distillation", "control"} <= set(mech.get("views", {})):
+        fns.append(distilled_views)
     if "ntk" in rep:
         fns.append(ntk_bars)
     for fn in fns:

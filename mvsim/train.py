@@ -47,7 +47,11 @@ class TrainResult(NamedTuple):
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array, teacher: jax.Array | None = None) -> jax.Array:
-    """Mean softmax cross-entropy with hard labels (the paper's L(F), notes §2)."""
+    """Mean softmax cross-entropy with hard labels (the paper's L(F), notes §2).
+
+    logits (n, k), y (n,) int labels in [0, k); ``teacher`` is ignored (the signature of
+    an :data:`Objective`). Returns a scalar in nats per sample.
+    """
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvsim import data, distill, model
+from mvsim import data, distill, mechanism, model
 from mvsim.config import Config
 from mvsim.model import ApplyFn
 from mvsim.train import correct, precision, train
@@ -94,7 +94,11 @@ NEEDS: dict[str, set[str]] = {
 def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
     """Train the models that ``claims`` (default: all) need, and measure them.
 
-    A pure function of ``cfg``: the same config gives the same numbers.
+    A pure function of ``cfg``: the same config gives the same numbers. Returns
+    :class:`Measurements`: per model group the boolean error vectors on the multi-view
+    (S, n_test_multi) and single-view (S, n_test_single) test sets, training accuracy (S,)
+    and learned views (S, k, 2); the singles' Λ history (K, L, k, 2) at the L recorded
+    steps; the lottery; memorisation; wall times in seconds.
     """
     unknown = sorted(set(claims or ()) - set(NEEDS))
     if unknown:
@@ -243,36 +247,13 @@ def _memorisation(cfg, net, singles, train_set, truth, V, views) -> dict[str, An
     """How single-view training points are fitted when their strong view is unlearned.
 
     For each such point, F_y of the features alone (x − ξ) against F_y of the noise alone
-    (ξ): memorisation shows as a noise part that carries the margin.
+    (ξ): memorisation shows as a noise part that carries the margin. Returns the summary
+    of :func:`mvsim.mechanism.memorisation_summary` plus every point under ``points``.
     """
-    sv = np.asarray(train_set.single_view)
-    y = np.asarray(train_set.y)
-    strong = np.asarray(train_set.strong_view)
-    feat_x = train_set.x - truth.noise
-    F_feat = np.asarray(_train_logits(net.apply, singles.params, feat_x))  # (K, N, k)
-    F_noise = np.asarray(_train_logits(net.apply, singles.params, truth.noise))
-    rows = []
-    for s in range(views.shape[0]):
-        unl = sv & ~views[s, y, np.clip(strong, 0, 1)]
-        lrn = sv & views[s, y, np.clip(strong, 0, 1)]
-        for name, mask in (("unlearned_strong_view", unl), ("learned_strong_view", lrn)):
-            if mask.any():
-                rows.append(
-                    (
-                        name,
-                        float(F_feat[s, mask, y[mask]].mean()),
-                        float(F_noise[s, mask, y[mask]].mean()),
-                        int(mask.sum()),
-                    )
-                )
-    summary: dict[str, Any] = {}
-    for name in ("unlearned_strong_view", "learned_strong_view"):
-        sel = [r for r in rows if r[0] == name]
-        if sel:
-            n = sum(r[3] for r in sel)
-            summary[name] = {
-                "n_points": n,
-                "mean_F_y_features_only": sum(r[1] * r[3] for r in sel) / n,
-                "mean_F_y_noise_only": sum(r[2] * r[3] for r in sel) / n,
-            }
+    pts = mechanism.memorisation_split(net.apply, singles.params, train_set, truth, views)
+    summary: dict[str, Any] = mechanism.memorisation_summary(pts)
+    summary["points"] = {
+        name: np.round(a, 5).tolist() if a.dtype.kind == "f" else a.tolist()
+        for name, a in pts.items()
+    }
     return summary

@@ -142,3 +142,28 @@ def test_untuned_regime_is_reported_not_passed():
     (res,) = claims.evaluate_all(m, ["single"])
     assert res.verdict.name != "PASS"
     assert claims.mechanism(m)["frac_two_views"] >= 0.25
+
+
+def test_report_carries_the_mechanism_figures_data(report):
+    """The lottery, memorisation and distilled-views figures read only report.json: the
+    report carries each model's views, the initial alignments and every memorisation
+    point, consistent with the summary it prints."""
+    rep, out = report
+    mech = rep["mechanism"]
+    K, k = 3, 4
+    assert np.asarray(mech["init_alignment"]).shape == (K, k, 2)
+    views = {n: np.asarray(v) for n, v in mech["views"].items()}
+    assert views["single"].shape == (K, k, 2)
+    np.testing.assert_array_equal(views["single"].sum(-1), mech["views_learned"])
+    assert {"kd", "self_distillation", "control"} <= set(views)
+    pts = mech["memorisation"]["points"]
+    n_sv = round(rep["config"]["data"]["mu"] * rep["config"]["data"]["N"])
+    assert all(len(v) == K * n_sv for v in pts.values())
+    learned = np.asarray(pts["strong_view_learned"])
+    np.testing.assert_array_equal(
+        learned, views["single"][pts["seed"], pts["y"], pts["strong_view"]].astype(bool)
+    )
+    unl = mech["memorisation"].get("unlearned_strong_view")
+    assert (unl["n_points"] if unl else 0) == (~learned).sum()
+    figs = {p.stem for p in (out / "figures").iterdir()}
+    assert {"alignment_phases", "lottery", "memorisation", "self_distillation_views"} <= figs

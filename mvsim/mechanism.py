@@ -1,0 +1,211 @@
+"""Reading the mechanism off a run: the two phases of Λ, the lottery, memorisation.
+
+Pure numpy functions of what the trainer records (:class:`mvsim.train.TrainResult`:
+``steps`` (L,), ``alignment`` (S, L, k, 2)) and of a model's params. They turn the
+paper's §8 statements into numbers a notebook can plot and a test can check:
+
+- Phase 1 (notes §8.2): while Λ ≪ ϱ the smoothed ReLU is in its z^q regime and Λ grows
+  like x ↦ x + ηΘ(1/k)·x^{q−1}, so dΛ/dt against Λ is a power law of exponent q − 1
+  (:func:`growth_rates`, :func:`power_law_slope`). Phase 2 of a class starts when its
+  winning view crosses ϱ (:func:`crossing_steps`, :func:`phase1_intervals`).
+- The lottery: the view with the larger initial alignment wins (:func:`initial_ratio`,
+  :func:`learned_outcome`).
+- Memorisation: a single-view training point whose strong view was not learned is fitted
+  by its noise, F_y(ξ) ≫ F_y(x − ξ) (:func:`memorisation_split`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from mvsim.data import Batch, GroundTruth
+from mvsim.model import ApplyFn, Params
+
+# Codes of learned_outcome, in order.
+OUTCOMES = ("no view", "view 1 only", "view 2 only", "both views")
+
+
+def crossing_steps(steps: np.ndarray, lam: np.ndarray, level: float) -> np.ndarray:
+    """First recorded step at which Λ reaches ``level`` (e.g. ϱ: the end of phase 1).
+
+    Args:
+      steps: (L,) recorded GD steps, increasing.
+      lam: (..., L, k, 2) Λ (or the raw alignment) at those steps.
+      level: threshold, in the units of Λ.
+
+    Returns:
+      (..., k, 2) int: the step, or −1 where Λ never reached ``level``. Recorded steps are
+      log-spaced, so the value is an upper bound on the true crossing step, within one
+      recording interval.
+    """
+    steps = np.asarray(steps)
+    lam = np.asarray(lam)
+    hit = lam >= level
+    first = np.argmax(hit, axis=-3)
+    return np.where(hit.any(axis=-3), steps[first], -1)
+
+
+def growth_rates(steps: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Finite-difference growth rate dΛ/dt between consecutive recorded steps.
+
+    Args:
+      steps: (L,) recorded GD steps, increasing.
+      lam: (..., L, k, 2) Λ at those steps.
+
+    Returns:
+      ``(lam_mid, rate)``, both (..., L−1, k, 2): the geometric mean of Λ at the two ends
+      of each interval (arithmetic where an end is ≤ 0) and (ΔΛ)/(Δt) in Λ units per GD
+      step. Intervals of zero length (a repeated step) give NaN.
+    """
+    steps = np.asarray(steps, float)
+    lam = np.asarray(lam, float)
+    a, b = lam[..., :-1, :, :], lam[..., 1:, :, :]
+    dt = np.diff(steps)[:, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(dt > 0, (b - a) / dt, np.nan)
+        mid = np.where((a > 0) & (b > 0), np.sqrt(np.abs(a * b)), (a + b) / 2)
+    return mid, rate
+
+
+def phase1_intervals(steps: np.ndarray, lam: np.ndarray, level: float) -> np.ndarray:
+    """Which recorded intervals lie in phase 1 of their class: no view of the class has
+    reached ``level`` (ϱ) by the interval's end.
+
+    After a class's first view crosses ϱ its multi-view points are fitted, the loss
+    factor (1 − logit_y) collapses and its other view stops following the phase-1 law,
+    so those intervals are left out of a phase-1 fit.
+
+    Args:
+      steps: (L,) recorded GD steps, increasing.
+      lam: (..., L, k, 2) Λ at those steps.
+      level: the threshold (ϱ), units of Λ.
+
+    Returns:
+      (..., L−1, k, 2) bool, aligned with :func:`growth_rates`.
+    """
+    steps = np.asarray(steps)
+    cross = crossing_steps(steps, lam, level).astype(float)  # (..., k, 2)
+    first = np.where(cross < 0, np.inf, cross).min(-1)  # (..., k)
+    inside = steps[1:, None] < first[..., None, :]  # (..., L−1, k)
+    return np.broadcast_to(inside[..., None], (*inside.shape, 2))
+
+
+def power_law_slope(
+    lam_mid: np.ndarray,
+    rate: np.ndarray,
+    lo: float,
+    hi: float,
+    mask: np.ndarray | None = None,
+) -> float:
+    """Least-squares slope of log(rate) against log(Λ) over the points with lo ≤ Λ ≤ hi.
+
+    In phase 1 the paper's dynamics dΛ/dt ∝ Λ^{q−1} give slope q − 1. Only points with a
+    positive rate enter (a losing view that shrinks has no power law), and only where
+    ``mask`` (same shape, e.g. :func:`phase1_intervals`) is True. Returns NaN when fewer
+    than 3 points qualify or they span no range of Λ.
+    """
+    x = np.asarray(lam_mid, float).ravel()
+    r = np.asarray(rate, float).ravel()
+    ok = np.isfinite(x) & np.isfinite(r) & (r > 0) & (x >= lo) & (x <= hi)
+    if mask is not None:
+        ok &= np.broadcast_to(np.asarray(mask, bool), np.shape(lam_mid)).ravel()
+    if ok.sum() < 3 or np.ptp(np.log(x[ok])) == 0:
+        return float("nan")
+    return float(np.polyfit(np.log(x[ok]), np.log(r[ok]), 1)[0])
+
+
+def initial_ratio(init_alignment: np.ndarray) -> np.ndarray:
+    """The lottery's ticket: Λ^{(0)}_{i,1} / Λ^{(0)}_{i,2} of each class at init.
+
+    Args:
+      init_alignment: (..., k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩ (its positive part is taken).
+
+    Returns:
+      (..., k) float: > 1 where view 1 starts ahead. inf where view 2 starts at ≤ 0 and view
+      1 does not; NaN where both do.
+    """
+    a = np.maximum(np.asarray(init_alignment, float), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a[..., 0] / a[..., 1]
+
+
+def learned_outcome(views: np.ndarray) -> np.ndarray:
+    """Which views of each class were learned, as a code indexing :data:`OUTCOMES`.
+
+    Args:
+      views: (..., k, 2) bool learned-view indicator (:func:`mvsim.model.views_learned`).
+
+    Returns:
+      (..., k) int: 0 no view, 1 view 1 only, 2 view 2 only, 3 both views.
+    """
+    v = np.asarray(views, bool)
+    return v[..., 0].astype(int) + 2 * v[..., 1].astype(int)
+
+
+def memorisation_split(
+    apply_fn: ApplyFn, params: Params, batch: Batch, truth: GroundTruth, views: np.ndarray
+) -> dict[str, np.ndarray]:
+    """How each single-view training point is fitted: by its features or by its noise.
+
+    F_y is evaluated on the point's features alone (x − ξ) and on its noise alone (ξ);
+    memorisation shows as a noise part that carries the margin while the features part
+    is ≈ 0, on points whose strong view the model did not learn.
+
+    Args:
+      apply_fn: the network's apply, ``apply(params, x (n, P, d)) -> (n, k)``.
+      params: (S, ...) S models' params.
+      batch: the training set (x (N, P, d), y, single_view, strong_view).
+      truth: its ground truth (noise (N, P, d)).
+      views: (S, k, 2) bool, the views each model learned.
+
+    Returns:
+      Flat arrays over all (model, single-view training point) pairs, all of one length:
+      ``seed`` and ``index`` (the model and the point's row in ``batch``), ``y``,
+      ``strong_view`` (ℓ̂), ``strong_view_learned`` (bool), ``F_y_features_only`` and
+      ``F_y_noise_only`` (logit units).
+    """
+    sv = np.asarray(batch.single_view)
+    idx = np.flatnonzero(sv)
+    y = np.asarray(batch.y)[idx]
+    strong = np.asarray(batch.strong_view)[idx]
+    x = batch.x[idx]
+    noise = truth.noise[idx]
+    logits = jax.vmap(apply_fn, in_axes=(0, None))
+    F_feat = np.asarray(logits(params, x - noise))  # (S, n_sv, k)
+    F_noise = np.asarray(logits(params, noise))
+    S = F_feat.shape[0]
+    cols = np.arange(len(idx))
+    views = np.asarray(views, bool)
+    return {
+        "seed": np.repeat(np.arange(S), len(idx)),
+        "index": np.tile(idx, S),
+        "y": np.tile(y, S),
+        "strong_view": np.tile(strong, S),
+        "strong_view_learned": views[:, y, strong].reshape(-1),
+        "F_y_features_only": F_feat[:, cols, y].reshape(-1),
+        "F_y_noise_only": F_noise[:, cols, y].reshape(-1),
+    }
+
+
+def memorisation_summary(points: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean F_y from features and from noise, for points whose strong view was unlearned
+    and for those where it was learned (keys absent when a group is empty).
+
+    Args:
+      points: the output of :func:`memorisation_split` (or its report.json form, lists).
+    """
+    learned = np.asarray(points["strong_view_learned"], bool)
+    feat = np.asarray(points["F_y_features_only"], float)
+    noise = np.asarray(points["F_y_noise_only"], float)
+    out: dict[str, dict[str, float]] = {}
+    for name, mask in (("unlearned_strong_view", ~learned), ("learned_strong_view", learned)):
+        if mask.any():
+            out[name] = {
+                "n_points": int(mask.sum()),
+                "mean_F_y_features_only": float(feat[mask].mean()),
+                "mean_F_y_noise_only": float(noise[mask].mean()),
+            }
+    return out
