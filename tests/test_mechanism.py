@@ -153,3 +153,35 @@ def test_phase1_intervals_end_when_the_class_learns_a_view() -> None:
     np.testing.assert_array_equal(mask[:, 0, 0], [True, True, False, False])
     np.testing.assert_array_equal(mask[:, 0, 1], mask[:, 0, 0])
     assert mask[:, 1].all()
+
+
+def test_initial_ratio_distribution_m1_matches_the_closed_form():
+    # m = 1: Λ = max(N, 0). A class with a view at 0 has r = 0 (prob. 3/4); for two positive
+    # half-normals X/Y is |Cauchy|, so P(min/max < t) = (4/π)·arctan t.
+    from mvsim.mechanism import initial_ratio_distribution
+    from mvsim.stats import clopper_pearson_interval
+
+    n = 200_000
+    bins = (0.0, 0.5, 1.0)
+    p = initial_ratio_distribution(1, bins, n=n, seed=3)
+    exact = 0.75 + 0.25 * (4 / np.pi) * np.arctan(0.5)
+    lo, hi = clopper_pearson_interval(int(round(p[0] * n)), n, 1 - 1e-6)
+    assert lo <= exact <= hi
+    assert p.sum() == pytest.approx(1.0)
+
+
+def test_close_races_grow_with_m_and_the_prediction_weights_the_curve():
+    from mvsim.mechanism import (
+        RATIO_BINS,
+        all_one_view_probability,
+        initial_ratio_distribution,
+        predicted_two_view_fraction,
+    )
+
+    close = [initial_ratio_distribution(m)[-2:].sum() for m in (1, 2, 4, 8)]
+    assert all(a < b for a, b in zip(close, close[1:], strict=False))
+    curve = [0.0] * (len(RATIO_BINS) - 2) + [1.0]  # only r ≥ 0.95 races end with two views
+    assert predicted_two_view_fraction(4, curve) == pytest.approx(initial_ratio_distribution(4)[-1])
+    assert predicted_two_view_fraction(4, [0.0] * (len(RATIO_BINS) - 1)) == 0.0
+    assert all_one_view_probability(0.0, 10, 10) == 1.0
+    assert all_one_view_probability(0.1, 2, 3) == pytest.approx(0.9**6)
