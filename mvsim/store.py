@@ -106,7 +106,7 @@ def stored_claims(conn: sqlite3.Connection) -> dict[str, set[str]]:
     return out
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
@@ -131,7 +131,7 @@ def write_point(
     from mvsim.report import json_default
 
     h = config_hash(cfg)
-    finished = _now()
+    finished = utc_now()
     rows = []
     for c in claims:
         row = {

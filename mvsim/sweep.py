@@ -284,7 +284,7 @@ def run_sweep(
         bar = tqdm(total=len(todo), desc="sweep", unit="point", disable=not progress)
         t_loop = time.perf_counter()
         for i, (p, missing) in enumerate(todo):
-            started = st._now()
+            started = st.utc_now()
             out = run_point(p.cfg, missing)
             rows += st.write_point(
                 conn, p.cfg, p.values, out["claims"], out["mechanism"],

@@ -261,9 +261,9 @@ def test_phase_diagram_for_two_axes(resumed, tmp_path: Path) -> None:
 
     both = pd.concat([two, two2], ignore_index=True)
     both.attrs["axes"] = ["eta", "mu"]
-    paths = plots.sweep_figures(both, tmp_path)
-    assert str(tmp_path / "phase_single_eta_mu.png") in paths
-    assert str(tmp_path / "phase_ensemble_eta_mu.svg") in paths
+    paths = plots.phase_diagram(both, "single", tmp_path)
+    assert paths == [str(tmp_path / f"phase_single_eta_mu.{e}") for e in ("png", "svg")]
+    assert all(Path(p).stat().st_size > 1000 for p in paths)
 
 
 # --- sharded seeds on 4 forced host devices --------------------------------------------
