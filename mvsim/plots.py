@@ -372,6 +372,50 @@ def draw_lottery(rep: dict[str, Any]) -> Figure:
     return fig
 
 
+def draw_race(rep: dict[str, Any]) -> Figure:
+    """The finite-k race: fraction of (model, class) pairs that learned both views against
+    the initial ratio r = Λ^{(0)}_loser/Λ^{(0)}_winner (bins of
+    ``mechanism.two_views_by_initial_ratio``), with exact 95% CIs, and below it how many
+    classes the init puts in each bin: the run's count and the Monte Carlo law for its m
+    (:func:`mvsim.mechanism.initial_ratio_distribution`). The two-view fraction is the
+    product of the two (:func:`mvsim.mechanism.predicted_two_view_fraction`).
+    """
+    from mvsim.stats import clopper_pearson_interval
+
+    plt = _plt()
+    rows = rep["mechanism"]["two_views_by_initial_ratio"]
+    bins = [rows[0]["ratio_lo"]] + [r["ratio_hi"] for r in rows]
+    mids = np.array([(r["ratio_lo"] + r["ratio_hi"]) / 2 for r in rows])
+    widths = np.diff(bins)
+    n = np.array([r["classes"] for r in rows])
+    frac = np.array([np.nan if r["frac_two_views"] is None else r["frac_two_views"] for r in rows])
+    two = np.nan_to_num(frac * n).round().astype(int)
+    ci = np.array([clopper_pearson_interval(int(t), int(c)) if c else (np.nan, np.nan)
+                   for t, c in zip(two, n, strict=True)])  # fmt: skip
+    m = int(rep["config"]["model"]["m"])
+    law = mechanism.initial_ratio_distribution(m, bins)
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 2]})  # fmt: skip
+    ax.bar(mids, frac, width=widths * 0.9, color=PALETTE[2], alpha=0.8)
+    ax.errorbar(mids, frac, yerr=[frac - ci[:, 0], ci[:, 1] - frac], fmt="none",
+                ecolor="black", capsize=3, lw=1)  # fmt: skip
+    for x, c in zip(mids, n, strict=True):
+        ax.annotate(f"n={c}", (x, 1.02), ha="center", fontsize=7)
+    pred = float(np.nansum(law * np.nan_to_num(frac)))
+    total = float(np.nansum(frac * n) / max(n.sum(), 1))
+    ax.set(ylim=(0, 1.1), ylabel="both views learned",
+           title=f"The race at k = {rep['config']['data']['k']}, m = {m}: two-view classes "
+           f"{total:.3f} (init law × curve: {pred:.3f})")  # fmt: skip
+    bx.bar(mids - widths * 0.2, n / max(n.sum(), 1), width=widths * 0.4, color=PALETTE[0],
+           label="this run")  # fmt: skip
+    bx.bar(mids + widths * 0.2, law, width=widths * 0.4, color=PALETTE[1],
+           label=f"init law, m = {m}")  # fmt: skip
+    bx.set(xlabel="initial ratio r = Λ⁽⁰⁾ loser / Λ⁽⁰⁾ winner", ylabel="share of classes")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def draw_memorisation(rep: dict[str, Any]) -> Figure:
     """Memorisation of single-view training points: F_y of each point's features alone
     (x − ξ) against F_y of its noise alone (ξ), logit units, for every single model;
@@ -466,6 +510,11 @@ def alignment_phases(rep: dict[str, Any], out: Path, seed: int = 0) -> list[str]
     return _save(draw_alignment_phases(rep, seed), out, "alignment_phases")
 
 
+def race(rep: dict[str, Any], out: Path) -> list[str]:
+    """:func:`draw_race`, to files."""
+    return _save(draw_race(rep), out, "race")
+
+
 def lottery(rep: dict[str, Any], out: Path) -> list[str]:
     """:func:`draw_lottery`, to files."""
     return _save(draw_lottery(rep), out, "lottery")
@@ -495,6 +544,8 @@ def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
         fns.append(alignment_phases)
     if "init_alignment" in mech and "single" in mech.get("views", {}):
         fns.append(lottery)
+    if mech.get("two_views_by_initial_ratio"):
+        fns.append(race)
     if "points" in mech.get("memorisation", {}):
         fns.append(memorisation)
     if {"single", "self_distillation", "control"} <= set(mech.get("views", {})):

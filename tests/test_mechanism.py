@@ -185,3 +185,15 @@ def test_close_races_grow_with_m_and_the_prediction_weights_the_curve():
     assert predicted_two_view_fraction(4, [0.0] * (len(RATIO_BINS) - 1)) == 0.0
     assert all_one_view_probability(0.0, 10, 10) == 1.0
     assert all_one_view_probability(0.1, 2, 3) == pytest.approx(0.9**6)
+
+
+def test_race_figure_from_the_committed_demo_report(tmp_path):
+    rep = json.loads((Path(__file__).parents[1] / "docs/demo/report.json").read_text())
+    rows = rep["mechanism"]["two_views_by_initial_ratio"]
+    fig = plots.draw_race(rep)
+    curve = [r["frac_two_views"] or 0.0 for r in rows]
+    pred = mechanism.predicted_two_view_fraction(rep["config"]["model"]["m"], curve)
+    assert f"{pred:.3f}" in fig.axes[0].get_title()
+    two = sum((r["frac_two_views"] or 0.0) * r["classes"] for r in rows)
+    assert f"{two / sum(r['classes'] for r in rows):.3f}" in fig.axes[0].get_title()
+    assert {p.rsplit("/", 1)[-1] for p in plots.race(rep, tmp_path)} == {"race.png", "race.svg"}
