@@ -242,6 +242,13 @@ class TrainConfig:
     choice. The CPU computes full float32 whichever is set."""
     n_log: int = 48
     """Number of log-spaced steps at which loss, accuracy and Λ are recorded."""
+    block: int = 0
+    """Samples per block in the GD step (0: all N at once). With a block, the forward and
+    backward pass run over blocks of the training set in a ``lax.map``, each block's
+    activations recomputed in the backward pass (``jax.checkpoint``), so that at a
+    memory-bound size one read of a block of X serves every vmapped seed while it is in
+    cache. The same function and gradient (up to float summation order) at 1.5× the
+    matmul FLOPs; a speed choice only (``benchmarks/``: seed batching)."""
 
     def __post_init__(self) -> None:
         _real("eta", self.eta, 0.0, lo_open=True)
@@ -252,6 +259,7 @@ class TrainConfig:
         _choice("dtype", self.dtype, ("float32", "float64"))
         _choice("matmul_precision", self.matmul_precision, ("highest", "tensorfloat32", "default"))
         _int("n_log", self.n_log, 2)
+        _int("block", self.block, 0)
 
 
 @dataclass(frozen=True)

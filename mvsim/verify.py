@@ -33,7 +33,7 @@ import numpy as np
 from mvsim import data, distill, mechanism, model
 from mvsim.config import Config
 from mvsim.model import ApplyFn
-from mvsim.train import correct, precision, train
+from mvsim.train import accuracy, correct, precision, train
 
 STREAMS = {"data": 0, "init": 1, "test": 2, "average": 3, "features": 4}
 
@@ -163,7 +163,7 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
         errors, ys, strong = _evaluate(cfg, V, sets)
         timing["evaluate"] = time.perf_counter() - t
 
-        ens_acc = float(correct(single_logits.mean(0), y).mean())
+        ens_acc = float(accuracy(single_logits.mean(0), y))
         em, es = errors["single"]
         groups = {
             "single": Group("single", em, es, singles.final_accuracy,

@@ -72,6 +72,7 @@ INVALID_OVERRIDES = [
     ("tiny", {"train_composition": "shuffled"}, "train_composition", "'stratified'"),
     ("tiny", {"project_noise": 1}, "project_noise", "true or false"),
     ("tiny", {"n_log": 1}, "n_log", "[2,"),
+    ("tiny", {"block": -1}, "block", "[0,"),
     ("tiny", {"seeds": 1}, "seeds", "[2,"),
     ("tiny", {"k": "abc"}, "k", "cannot parse as int"),
     ("tiny", {"bogus_field": 1}, "bogus_field", "unknown config field"),

@@ -17,7 +17,15 @@ import pytest
 
 from mvsim import data, model
 from mvsim.config import make_config
-from mvsim.train import DivergenceError, correct, cross_entropy, log_steps, precision, train
+from mvsim.train import (
+    DivergenceError,
+    accuracy,
+    correct,
+    cross_entropy,
+    log_steps,
+    precision,
+    train,
+)
 
 # NB: ``mvsim.train`` the attribute is the function (re-exported by mvsim/__init__), so the
 # module's names are imported from it explicitly.
@@ -306,3 +314,22 @@ def test_matmul_precision_is_in_force_while_tracing_and_restored_after():
         assert jnp.zeros(1).dtype == jnp.float64
         assert jax.config.jax_default_matmul_precision == "highest"
     assert jnp.zeros(1).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("block", [16, 24])  # 64 = 4·16; 64 = 2·24 + a remainder of 16
+def test_sample_blocking_gives_the_same_training(block):
+    cfg, V, x, y, net, tc = setup()
+    r = main_run()
+    b = train(jax.random.PRNGKey(3), net, x, y, V, dataclasses.replace(tc, block=block), seeds=S)
+    np.testing.assert_array_equal(b.stop_step, r.stop_step)
+    np.testing.assert_allclose(np.asarray(b.params), np.asarray(r.params), rtol=0, atol=W_TOL)
+    np.testing.assert_allclose(b.loss, r.loss, rtol=1e-4, equal_nan=True)
+
+
+def test_accuracy_is_exactly_one_when_every_point_is_right():
+    # A float32 mean of 97 Trues is 0.99999994: the accuracy stop would never fire.
+    for n in range(1, 400):
+        y = jnp.zeros(n, jnp.int32)
+        logits = jnp.eye(3)[y]
+        assert float(accuracy(logits, y)) == 1.0
+        assert float(accuracy(logits, y.at[0].set(1))) == pytest.approx((n - 1) / n, rel=1e-6)
