@@ -239,6 +239,15 @@ def test_rho_below_gamma_crossing():
     assert cfg.data.rho[0] > cfg.data.Gamma[1]  # the literal recipe at k = 10
 
 
+def test_init_view_fraction_matches_sampled_inits():
+    cfg = make_config("theory", {"k": 10})
+    p = theory_scaling.init_view_fraction(cfg)
+    W0 = model.init_weights(jax.random.key(3), cfg.model, 2000, 1)[..., 0]  # (2000, m) ⟨w, v⟩
+    hit = int((np.asarray(W0).max(-1) >= cfg.verify.view_threshold * cfg.model.varrho).sum())
+    lo, hi = clopper_pearson_interval(hit, 2000, 0.999)
+    assert lo < p < hi and 0.5 < p < 0.65  # σ_0 ≈ ϱ: most views "learned" at init
+
+
 def test_theory_configs_validate_before_compute():
     with pytest.raises(ConfigError):
         theory_scaling.configs([4, 1])
