@@ -167,12 +167,13 @@ def test_dropping_report(drop_report):
     ).exists()
     for r in rep["rows"]:
         assert all(v is None or isinstance(v, str | int | float | bool) for v in r.values())
+        assert all(not (isinstance(v, float) and not math.isfinite(v)) for v in r.values())
         if r["n_evaluations"]:
             # zeroing neurons only lowers F_y: no point goes from wrong to right
             assert r["acc_after"] <= r["acc_before"] + 1e-12
             for mod in dropping.MODELS:
                 a = r[f"acc_{mod}"]
-                if a == a:
+                if a is not None:
                     assert r[f"acc_{mod}_ci_lo"] <= a <= r[f"acc_{mod}_ci_hi"]
     pooled = {r["category"]: r for r in rep["rows"] if r["seed"] == -1}
     seeds = rep["summary"]["seeds"]
@@ -237,6 +238,15 @@ def test_rho_below_gamma_crossing():
     assert 200 < lk < 400 and k_below < k_above
     cfg = make_config("theory", {"k": 10})
     assert cfg.data.rho[0] > cfg.data.Gamma[1]  # the literal recipe at k = 10
+
+
+def test_init_view_fraction_matches_sampled_inits():
+    cfg = make_config("theory", {"k": 10})
+    p = theory_scaling.init_view_fraction(cfg)
+    W0 = model.init_weights(jax.random.key(3), cfg.model, 2000, 1)[..., 0]  # (2000, m) ⟨w, v⟩
+    hit = int((np.asarray(W0).max(-1) >= cfg.verify.view_threshold * cfg.model.varrho).sum())
+    lo, hi = clopper_pearson_interval(hit, 2000, 0.999)
+    assert lo < p < hi and 0.5 < p < 0.65  # σ_0 ≈ ϱ: most views "learned" at init
 
 
 def test_theory_configs_validate_before_compute():

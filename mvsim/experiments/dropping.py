@@ -216,16 +216,18 @@ def _aggregate(parts: dict[str, list], views: np.ndarray, K: int) -> list[dict[s
                 s = sel & cat["other_view_valid"] if mod == "ens_other_view" else sel
                 ne = int(s.sum())
                 npts = int(s.any(0).sum())
-                acc = float(cat[mod][s].mean()) if ne else float("nan")
-                _, lo, hi = rate_ci(round(acc * npts), npts) if npts else (0, np.nan, np.nan)
+                # None, not NaN, where no such ensemble exists: strict JSON has no NaN.
+                acc = float(cat[mod][s].mean()) if ne else None
+                _, lo, hi = rate_ci(round(acc * npts), npts) if npts else (0, None, None)
                 row[f"acc_{mod}"] = acc
                 row[f"acc_{mod}_ci_lo"] = lo
                 row[f"acc_{mod}_ci_hi"] = hi
                 if mod == "ens_other_view":
                     row["n_evaluations_other_view"] = ne
-            row["drop"] = row["acc_before"] - row["acc_after"]
-            row["recovery_ens_other_view"] = row["acc_ens_other_view"] - row["acc_after"]
-            row["recovery_ens_with_dropped"] = row["acc_ens_with_dropped"] - row["acc_after"]
+            diff = lambda a, b: None if a is None or b is None else a - b
+            row["drop"] = diff(row["acc_before"], row["acc_after"])
+            row["recovery_ens_other_view"] = diff(row["acc_ens_other_view"], row["acc_after"])
+            row["recovery_ens_with_dropped"] = diff(row["acc_ens_with_dropped"], row["acc_after"])
             rows.append(row)
     return rows
 
@@ -280,7 +282,7 @@ def figure(rep: dict[str, Any], out: Path) -> list[str]:
         xs, ys, lo, hi = [], [], [], []
         for g, r in enumerate(rows):
             a = r[f"acc_{mod}"]
-            if a != a:  # NaN: no such ensemble
+            if a is None:  # no such ensemble
                 continue
             xs.append(g + (j - (len(MODELS) - 1) / 2) * w)
             ys.append(a)
