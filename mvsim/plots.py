@@ -602,8 +602,17 @@ def _bound_band(ax, lo: float | None, hi: float | None, top: float) -> None:
 
 
 def error_vs_axis(df, a: str, out: Path) -> list[str]:
+    """:func:`draw_error_vs_axis`, to files ``error_vs_<a>``."""
+    return _save(draw_error_vs_axis(df, a), out, f"error_vs_{a}")
+
+
+def draw_error_vs_axis(df, a: str) -> Figure:
     """error/μ against swept axis a, one panel per claim: 95% CIs as error bars, the
-    theorem's bound as a grey band, one line per combination of the other axes."""
+    theorem's bound as a grey band, one line per combination of the other axes.
+
+    ``df`` is a store's DataFrame (:func:`mvsim.store.read_results`), one row per
+    (point, claim); ``a`` one of its swept fields (a ``point_<a>`` column). Error/μ is
+    dimensionless (the test error in units of μ)."""
     plt = _plt()
     axes = _axes(df)
     claims = list(dict.fromkeys(df["claim"]))
@@ -630,12 +639,19 @@ def error_vs_axis(df, a: str, out: Path) -> list[str]:
         ax.legend(fontsize=7)
     fig.suptitle(f"Claims against {a}: measured error/μ and the theorems' bounds (grey)")
     fig.tight_layout()
-    return _save(fig, out, f"error_vs_{a}")
+    return fig
 
 
 def views_vs_axis(df, a: str, out: Path) -> list[str]:
+    """:func:`draw_views_vs_axis`, to files ``views_vs_<a>``."""
+    return _save(draw_views_vs_axis(df, a), out, f"views_vs_{a}")
+
+
+def draw_views_vs_axis(df, a: str) -> Figure:
     """Fraction of (seed, class) pairs whose single model learned exactly one view (solid)
-    and both views (dashed) against swept axis a."""
+    and both views (dashed) against swept axis a, one pair of lines per combination of
+    the other axes. ``df``: a store's DataFrame (one point counted once, whatever its
+    claims)."""
     plt = _plt()
     axes = _axes(df)
     pts = df.drop_duplicates("config_hash")
@@ -654,14 +670,26 @@ def views_vs_axis(df, a: str, out: Path) -> list[str]:
     ax.set(xlabel=a, ylabel="fraction of classes (single models)", ylim=(-0.02, 1.02),
            title=f"Views learned against {a}")  # fmt: skip
     ax.legend(fontsize=7)
-    return _save(fig, out, f"views_vs_{a}")
+    return fig
 
 
 def phase_diagram(df, claim: str, out: Path) -> list[str]:
-    """Heatmap of a claim over a two-axis grid: error/μ per cell (colour-blind-safe
-    'cividis'), annotated with the verdict."""
-    plt = _plt()
+    """:func:`draw_phase_diagram`, to files ``phase_<claim>_<a>_<b>``."""
+    fig = draw_phase_diagram(df, claim)
     a, b = _axes(df)
+    return _save(fig, out, f"phase_{claim}_{a}_{b}")
+
+
+def draw_phase_diagram(df, claim: str) -> Figure:
+    """Heatmap of a claim over a two-axis grid: error/μ per cell (colour-blind-safe
+    'cividis'), annotated with the verdict. ``df``: a store's DataFrame whose swept
+    fields that vary are exactly two, a (columns, ascending) and b (rows, ascending
+    upwards); a cell the store lacks stays blank."""
+    axes = _axes(df)
+    if len(axes) != 2:
+        raise ValueError(f"a phase diagram needs exactly two swept axes that vary, not {axes}")
+    plt = _plt()
+    a, b = axes
     d = df[df["claim"] == claim]
     xs = sorted(d[f"point_{a}"].unique(), key=_sort_key)
     ys = sorted(d[f"point_{b}"].unique(), key=_sort_key)
@@ -682,7 +710,7 @@ def phase_diagram(df, claim: str, out: Path) -> list[str]:
     ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
     ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
     ax.set(xlabel=a, ylabel=b, title=f"{claim}: error/μ and verdict over {a} × {b}")
-    return _save(fig, out, f"phase_{claim}_{a}_{b}")
+    return fig
 
 
 def _sort_key(v: Any) -> tuple:

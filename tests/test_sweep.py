@@ -247,23 +247,73 @@ def test_sweep_plots(resumed, tmp_path: Path) -> None:
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
 
 
-def test_phase_diagram_for_two_axes(resumed, tmp_path: Path) -> None:
-    """A two-axis store (the one-axis store with a second, fake axis) gets heatmaps."""
-    from mvsim import plots
-
-    df = store.read_results(resumed[0])
-    two = df.copy()
-    two["point_eta"] = 1.0
-    two2 = df.copy()
-    two2["point_eta"] = 2.0
-    two2["config_hash"] = two2["config_hash"] + "b"
+def _two_axes(df):
+    """The one-axis store with a second, fake axis eta ∈ {1, 2}: the eta = 2 rows are the
+    eta = 1 rows with error/μ halved (so the two rows of a heatmap differ)."""
     import pandas as pd
 
-    both = pd.concat([two, two2], ignore_index=True)
+    one = df.copy()
+    one["point_eta"] = 1.0
+    two = df.copy()
+    two["point_eta"] = 2.0
+    two["config_hash"] = two["config_hash"] + "b"
+    two["error_over_mu"] = two["error_over_mu"] / 2
+    both = pd.concat([one, two], ignore_index=True)
     both.attrs["axes"] = ["eta", "mu"]
+    return both
+
+
+def test_phase_diagram_for_two_axes(resumed, tmp_path: Path) -> None:
+    """A two-axis store gets heatmaps."""
+    from mvsim import plots
+
+    both = _two_axes(store.read_results(resumed[0]))
     paths = plots.phase_diagram(both, "single", tmp_path)
     assert paths == [str(tmp_path / f"phase_single_eta_mu.{e}") for e in ("png", "svg")]
     assert all(Path(p).stat().st_size > 1000 for p in paths)
+
+
+def test_draw_sweep_figures_show_the_store(resumed) -> None:
+    """The draw_* variants (for notebooks) return Figures that plot the stored numbers:
+    error/μ by μ per claim with the bound's band, the view fractions, the heatmap cells."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from mvsim import plots
+
+    df = store.read_results(resumed[0])
+    fig = plots.draw_error_vs_axis(df, "mu")
+    assert isinstance(fig, Figure)
+    assert [ax.get_title() for ax in fig.axes] == ["single", "ensemble"]
+    for ax, claim in zip(fig.axes, ["single", "ensemble"], strict=True):
+        d = df[df["claim"] == claim].sort_values("point_mu")
+        (bars,) = ax.containers  # one errorbar: one value of the other axes (none here)
+        line = bars.lines[0]  # its data line
+        np.testing.assert_allclose(line.get_xdata(), d["point_mu"])
+        np.testing.assert_allclose(line.get_ydata(), d["error_over_mu"])
+        (band,) = ax.patches  # the theorem's bound, in data units of y
+        ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+        lo, hi = d["bound_lo"].iloc[0], d["bound_hi"].iloc[0]
+        lo = 0.0 if np.isnan(lo) else lo
+        assert ys.min() == pytest.approx(lo) and (np.isnan(hi) or ys.max() == pytest.approx(hi))
+    plt.close(fig)
+
+    fig = plots.draw_views_vs_axis(df, "mu")
+    pts = df.drop_duplicates("config_hash").sort_values("point_mu")
+    one, two = fig.axes[0].lines
+    np.testing.assert_allclose(one.get_ydata(), pts["frac_one_view"])
+    np.testing.assert_allclose(two.get_ydata(), pts["frac_two_views"])
+    plt.close(fig)
+
+    both = _two_axes(df)
+    fig = plots.draw_phase_diagram(both, "single")
+    cells = np.asarray(fig.axes[0].images[0].get_array())  # rows: mu ascending; cols: eta
+    single = df[df["claim"] == "single"].sort_values("point_mu")["error_over_mu"].to_numpy()
+    np.testing.assert_allclose(cells, np.stack([single, single / 2], axis=1))
+    plt.close(fig)
+    with pytest.raises(ValueError, match="exactly two swept axes"):
+        plots.draw_phase_diagram(df, "single")
 
 
 # --- sharded seeds on 4 forced host devices --------------------------------------------
