@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from mvsim.claims import ClaimResult, mechanism
+from mvsim.config import Config
 from mvsim.verify import Measurements
 
 SCHEMA_VERSION = 1
@@ -28,12 +29,13 @@ def _version() -> str:
     return __version__
 
 
-def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None) -> dict[str, Any]:
-    """The report.json document."""
-    rep: dict[str, Any] = {
+def header(cfg: Config) -> dict[str, Any]:
+    """What every report (verify or experiment) starts with: schema, the full config,
+    versions and the machine, so a number is never separated from where it came from."""
+    return {
         "schema_version": SCHEMA_VERSION,
-        "preset": m.cfg.preset,
-        "config": m.cfg.to_dict(),
+        "preset": cfg.preset,
+        "config": cfg.to_dict(),
         "mvsim_version": _version(),
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
@@ -42,6 +44,22 @@ def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
         },
+    }
+
+
+def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it: a long study killed mid-way keeps every row it
+    had finished and at most loses the one being computed."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None) -> dict[str, Any]:
+    """The report.json document."""
+    rep: dict[str, Any] = {
+        **header(m.cfg),
         "claims": [r.to_dict() for r in results],
         "mechanism": mechanism(m),
         "history": {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from mvsim import claims, data, distill, model
 from mvsim.config import make_config
+from mvsim.report import append_jsonl
 from mvsim.train import precision, train
 from mvsim.verify import stream
 
@@ -107,10 +107,7 @@ def main() -> None:
             print(json.dumps({"variant": name, **{r: (row[r]["gained_from_teacher"],
                   row[r]["gained_neither_had"], round(float(np.mean(row[r]["pred_E_over_mu"])), 3))
                   for r in ("kd", "self_distillation", "control")}}), flush=True)  # fmt: skip
-            with open(out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(out, row)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from mvsim import claims, data, model
 from mvsim.config import make_config
+from mvsim.report import append_jsonl
 from mvsim.train import precision, train
 from mvsim.verify import stream
 
@@ -120,12 +120,7 @@ def main() -> None:
         keys = ("lever", "frac_one", "frac_two", "frac_none", "seeds_not_fitting",
                 "steps_median", "pred_E_over_mu_mean", "wall_s")  # fmt: skip
         print(json.dumps({k: row[k] for k in keys}), flush=True)
-        # One whole line per lever, flushed and synced, so a kill loses at most the lever
-        # being trained.
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(out, row)  # a kill loses at most the lever being trained
 
 
 if __name__ == "__main__":

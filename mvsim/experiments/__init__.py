@@ -16,16 +16,12 @@ and ``rows``: flat dicts of scalars, one per measured cell, ready for a results 
 from __future__ import annotations
 
 import math
-import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from mvsim.config import Config
-from mvsim.report import SCHEMA_VERSION, write_json
+from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
 NAMES = ("dropping", "gaussian", "theory-scaling")
@@ -34,22 +30,7 @@ DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "the
 
 def envelope(name: str, cfg: Config) -> dict[str, Any]:
     """The header every experiment report shares with a verify report."""
-    from mvsim import __version__
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "experiment": name,
-        "preset": cfg.preset,
-        "config": cfg.to_dict(),
-        "mvsim_version": __version__,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-    }
+    return {"experiment": name, **header(cfg)}
 
 
 def rate_ci(correct: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
