@@ -328,8 +328,10 @@ def test_sample_blocking_gives_the_same_training(block):
 
 def test_accuracy_is_exactly_one_when_every_point_is_right():
     # A float32 mean of 97 Trues is 0.99999994: the accuracy stop would never fire.
+    jitted = jax.jit(accuracy)  # under jit XLA divides by multiplying with 1/n
     for n in (1, 3, 97, 123, 620, 1240):  # 97 and 123: float32 means that miss 1
         y = jnp.zeros(n, jnp.int32)
         logits = jnp.eye(3)[y]
         assert float(accuracy(logits, y)) == 1.0
+        assert float(jitted(logits, y)) == 1.0
         assert float(accuracy(logits, y.at[0].set(1))) == pytest.approx((n - 1) / n, rel=1e-6)
