@@ -56,6 +56,15 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def jsonl_keys(path: str | Path, key: str) -> set[Any]:
+    """The ``key`` of every row of a JSON-lines file written by :func:`append_jsonl`
+    (empty when it does not exist yet): what a resumed study can skip."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {json.loads(line)[key] for line in path.read_text().splitlines() if line}
+
+
 def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None) -> dict[str, Any]:
     """The report.json document."""
     rep: dict[str, Any] = {

@@ -24,7 +24,7 @@ import numpy as np
 
 from mvsim import claims, data, distill, model
 from mvsim.config import make_config
-from mvsim.report import append_jsonl
+from mvsim.report import append_jsonl, jsonl_keys
 from mvsim.train import precision, train
 from mvsim.verify import stream
 
@@ -50,9 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        done = {json.loads(line)["variant"] for line in out.read_text().splitlines() if line}
+    done = jsonl_keys(out, "variant")
     todo = [v for v in VARIANTS if v not in done and (not args.only or v in args.only)]
     if not todo:
         return

@@ -24,7 +24,7 @@ import numpy as np
 
 from mvsim import claims, data, model
 from mvsim.config import make_config
-from mvsim.report import append_jsonl
+from mvsim.report import append_jsonl, jsonl_keys
 from mvsim.train import precision, train
 from mvsim.verify import stream
 
@@ -110,9 +110,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        done = {json.loads(line)["lever"] for line in out.read_text().splitlines() if line}
+    done = jsonl_keys(out, "lever")
     for name, ov in LEVERS.items():
         if (args.only and name not in args.only) or name in done:
             continue
