@@ -131,6 +131,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.out:
         paths = experiments.write(rep, args.out, mod.figure)
         print(f"\nwrote {Path(args.out) / 'report.json'} and {len(paths)} figure files")
+    if args.store:
+        from mvsim import store
+
+        n = store.write_experiment(args.store, rep)
+        print(f"stored {n} rows of {args.name} in {args.store}")
     return 0
 
 
@@ -260,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--ks", help="theory-scaling: comma-separated k values (default 4,6,8,10)")
     p.add_argument("--out", help="directory for report.json and figures/")
+    p.add_argument("--store", help="also store the result rows in this SQLite store "
+                   "(mvsim.store.read_experiments reads them back)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_experiment)
 

@@ -90,6 +90,11 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS results (\n  {cols},\n  PRIMARY KEY (config_hash, claim))"
     )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS experiment_rows (experiment TEXT, config_hash TEXT, "
+        "row INTEGER, row_json TEXT, mvsim_version TEXT, jax_version TEXT, backend TEXT, "
+        "created TEXT, PRIMARY KEY (experiment, config_hash, row))"
+    )
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if int(version) != SCHEMA_VERSION:
@@ -200,6 +205,54 @@ def read_results(path: str | Path) -> pd.DataFrame:
         df[f"point_{ax}"] = [_scalar(p.get(ax)) for p in points]
     df.attrs["axes"] = axes
     return df
+
+
+def write_experiment(path: str | Path, rep: Mapping[str, Any]) -> int:
+    """Store a supporting experiment's report (``mvsim experiment``): its flat ``rows``,
+    keyed by (experiment, hash of its config, row index), in one transaction, so a report
+    is stored whole or not at all and storing it again replaces it. Returns the row count."""
+    h = hashlib.sha256(json.dumps(rep["config"], sort_keys=True).encode()).hexdigest()
+    rows = [
+        (rep["experiment"], h, i, json.dumps(r, sort_keys=True), rep.get("mvsim_version"),
+         rep.get("jax_version"), rep.get("backend"), utc_now())
+        for i, r in enumerate(rep["rows"])
+    ]  # fmt: skip
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "DELETE FROM experiment_rows WHERE experiment = ? AND config_hash = ?",
+            (rep["experiment"], h),
+        )
+        conn.executemany("INSERT INTO experiment_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return len(rows)
+
+
+def read_experiments(path: str | Path, experiment: str | None = None) -> pd.DataFrame:
+    """The stored experiment rows as a DataFrame: ``experiment``, ``config_hash``, ``row``,
+    versions, ``created``, and one column per field of the rows."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result store at {path}")
+    conn = connect(path)
+    try:
+        q = "SELECT * FROM experiment_rows"
+        args: tuple = ()
+        if experiment is not None:
+            q, args = q + " WHERE experiment = ?", (experiment,)
+        df = pd.read_sql_query(q + " ORDER BY experiment, config_hash, row", conn, params=args)
+    finally:
+        conn.close()
+    fields = pd.DataFrame([json.loads(r) for r in df.pop("row_json")], index=df.index)
+    return pd.concat([df, fields], axis=1)
 
 
 def _scalar(v: Any) -> Any:

@@ -352,3 +352,22 @@ def test_sharded_seeds_match_unsharded_on_4_devices() -> None:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "sharded" in proc.stdout
+
+
+def test_experiment_reports_are_stored_whole_and_replaced(tmp_path):
+    import json as _json
+
+    import numpy as np
+
+    from mvsim import store
+
+    rep = _json.loads((ROOT / "docs" / "experiments" / "dropping" / "report.json").read_text())
+    db = tmp_path / "x.sqlite"
+    assert store.write_experiment(db, rep) == len(rep["rows"])
+    assert store.write_experiment(db, rep) == len(rep["rows"])  # again: replaced, not doubled
+    df = store.read_experiments(db, "dropping")
+    assert len(df) == len(rep["rows"])
+    want = [np.nan if r["acc_after"] is None else r["acc_after"] for r in rep["rows"]]
+    np.testing.assert_array_equal(df["acc_after"].to_numpy(float), np.array(want, float))
+    assert set(df["experiment"]) == {"dropping"} and df["config_hash"].nunique() == 1
+    assert store.read_experiments(db, "gaussian").empty
