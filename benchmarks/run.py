@@ -679,27 +679,6 @@ def feature_major_apply(q: int, varrho: float) -> Callable:
     return apply
 
 
-def blocked_feature_major_apply(q: int, varrho: float, block: int) -> Callable:
-    """A what-if for memory-bound sizes: :func:`feature_major_apply` over blocks of
-    ``block`` samples (``lax.map``), each block rematerialised in the backward pass
-    (``jax.checkpoint``), so a block's activations for all seeds stay in cache and each
-    block of X is read from memory for all seeds at once. Same function; 1.5× the matmul
-    FLOPs (the forward is recomputed)."""
-    import jax
-
-    fm = feature_major_apply(q, varrho)
-
-    def apply(W, x):
-        n, P, d = x.shape
-        f = jax.checkpoint(lambda xb: fm(W, xb))
-        return jax.lax.map(f, x.reshape(n // block, block, P, d)).reshape(n, -1)
-
-    return apply
-
-
-# --- sections -------------------------------------------------------------------------
-
-
 def sec_peak(s: Settings) -> dict[str, Any]:
     """Best large square matmul of this run: the machine's practical float32 peak."""
     res = [matmul_time(n, n, n, max(3, s.repeats)) for n in s.squares]
@@ -872,12 +851,9 @@ def train_path(net, tcfg, x, y, V, S: int, step_est: float, s: Settings, clock: 
 def sec_batching(s: Settings, peak: dict[str, Any], llc: int, clock: Clock) -> dict[str, Any]:
     import jax
 
-    from mvsim.model import Network
-
     base_N = 120 if s.quick else 620
     cfg0, net, x0, y0, V = problem("demo", {"N": base_N})
     D = cfg0.data
-    q, vr = cfg0.model.q, cfg0.model.varrho
     row_bytes = D.P * D.d * 4
     tile_mem = max(2, math.ceil(s.mem_mult * llc / (base_N * row_bytes)))
     sizes = [("cache_resident", 1)]
@@ -968,15 +944,15 @@ def sec_batching(s: Settings, peak: dict[str, Any], llc: int, clock: Clock) -> d
             what_if = label == "memory_bound" and S == 16 and not s.quick
             if what_if:
                 block = max(b for b in range(1, 161) if N % b == 0)
-                bnet = Network(net.init, blocked_feature_major_apply(q, vr, block))
-                fns["what_if_blocked"] = prepare_chunk(bnet, cfg0.train, x, y, V, S, n_steps)[0]
+                bcfg = dataclasses.replace(cfg0.train, block=block)
+                fns["what_if_blocked"] = prepare_chunk(net, bcfg, x, y, V, S, n_steps)[0]
             st, raw = bench_rounds(fns, reps)
             vm, loop = st["vmapped"], st["loop"]
             sp = ratio_stats(raw["loop"], raw["vmapped"])
             if what_if:
                 row["what_if_blocked_feature_major"] = {
-                    "what": "model.apply as W·Xᵀ over blocks of samples (lax.map + "
-                    "jax.checkpoint): a proposal, not the trainer's current model",
+                    "what": "the trainer with TrainConfig.block = block_samples (the GD "
+                    "step over blocks of samples: lax.map + jax.checkpoint)",
                     "block_samples": block,
                     "vmapped_s": st["what_if_blocked"],
                     "speedup_loop_over_it": ratio_stats(raw["loop"], raw["what_if_blocked"])[
