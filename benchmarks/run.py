@@ -986,7 +986,7 @@ def sec_batching(s: Settings, peak: dict[str, Any], llc: int, clock: Clock) -> d
             if what_if:
                 w = row["what_if_blocked_feature_major"]
                 print(
-                    f"  {'':14s}        blocked feature-major what-if: vmapped "
+                    f"  {'':14s}        trainer with block = {w['block_samples']}: vmapped "
                     f"{w['vmapped_s']['median']:8.3f} s, speedup over the loop "
                     f"{w['speedup_loop_over_it']:.2f}x",
                     flush=True,
