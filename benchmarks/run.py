@@ -663,22 +663,6 @@ def matmul_time(m: int, k: int, n: int, repeats: int) -> dict[str, Any]:
     return {"shape": [m, k, n], "time_s": st, "gflops": 2 * m * k * n / st["median"] / 1e9}
 
 
-def feature_major_apply(q: int, varrho: float) -> Callable:
-    """A what-if, not the trainer's model: :func:`mvsim.model.apply` with the pre-activation
-    laid out (k·m, n·P) = W · Xᵀ instead of (n·P, k·m). Same function (same smoothed ReLU,
-    same sums); under vmap the seeds then stack as leading rows (S·k·m, n·P), which is
-    the layout the weight-gradient matmul reads, so XLA needs no transposes."""
-    from mvsim.model import smoothed_relu
-
-    def apply(W, x):
-        k, m, d = W.shape
-        n, P, _ = x.shape
-        pre = W.reshape(k * m, d) @ x.reshape(n * P, d).T
-        return smoothed_relu(pre, q, varrho).reshape(k, m, n, P).sum(axis=(1, 3)).T
-
-    return apply
-
-
 def sec_peak(s: Settings) -> dict[str, Any]:
     """Best large square matmul of this run: the machine's practical float32 peak."""
     res = [matmul_time(n, n, n, max(3, s.repeats)) for n in s.squares]
@@ -697,16 +681,9 @@ def _shapes(s: Settings) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def sec_efficiency(s: Settings, peak: dict[str, Any], clock: Clock) -> dict[str, Any]:
-    import jax
-
-    from mvsim.model import Network
-
     out = []
     for name, preset, ov in _shapes(s):
         cfg, net, x, y, V = problem(preset, ov)
-        fm = feature_major_apply(cfg.model.q, cfg.model.varrho)
-        W1 = jax.vmap(net.init)(jax.random.split(jax.random.key(2), 1))[0]
-        fm_diff = float(jax.numpy.abs(fm(W1, x) - net.apply(W1, x)).max())
         for S in (1, s.eff_seeds):
             if clock.left() < 0:
                 out.append({"name": name, "S": S, "skipped": "time budget spent"})
@@ -714,13 +691,12 @@ def sec_efficiency(s: Settings, peak: dict[str, Any], clock: Clock) -> dict[str,
             sh = _shape(cfg, S)
             NP, km, d = sh["N"] * sh["P"], sh["k"] * sh["m"], sh["d"]
             step_fn, compile_s, compiled = prepare_chunk(net, cfg.train, x, y, V, S, s.steps)
-            wi_fn, _, wi_c = prepare_chunk(Network(net.init, fm), cfg.train, x, y, V, S, s.steps)
             mm = {
                 "forward": (NP, d, S * km),  # X (NP, d) @ Wᵀ (d, S·k·m)
                 "weight_grad": (S * km, NP, d),  # dpreᵀ (S·k·m, NP) @ X (NP, d)
                 "input_grad_not_executed": (NP, S * km, d),  # dpre @ W: dead, XLA drops it
             }
-            fns = {"step": step_fn, "what_if": wi_fn}
+            fns = {"step": step_fn}
             fns.update({k: prepare_matmul(*v) for k, v in mm.items()})
             fns["matmul_only_loop"] = prepare_matmul_loop(NP, d, S * km, s.steps)
             st, raw = bench_rounds(fns, s.repeats)
@@ -735,11 +711,9 @@ def sec_efficiency(s: Settings, peak: dict[str, Any], clock: Clock) -> dict[str,
             mm_rounds = [a + b for a, b in zip(raw["forward"], raw["weight_grad"], strict=True)]
             loop_rounds = [t / s.steps for t in raw["matmul_only_loop"]]
             step_rounds = [t / s.steps for t in raw["step"]]
-            wi_rounds = [t / s.steps for t in raw["what_if"]]
             g_issue = _flops_issue(sh) / step / 1e9
             g_exec = _flops_executed(sh) / step / 1e9
             g_fwd = mm_out["forward"]["gflops"]
-            wi_h = hlo_summary(wi_c.as_text(), S, km, NP)
             e = {
                 "name": name,
                 "preset": preset,
@@ -776,31 +750,19 @@ def sec_efficiency(s: Settings, peak: dict[str, Any], clock: Clock) -> dict[str,
                 "matmul_only_loop_step_s": st["matmul_only_loop"]["median"] / s.steps,
                 "time_breakdown_s": {"matmuls_alone": t_mm, "rest_of_step": step - t_mm},
                 "hlo": hlo,
-                "what_if_feature_major_layout": {
-                    "what": "model.apply with the pre-activation as W·Xᵀ (k·m, n·P): a "
-                    "proposal, not the trainer's current model",
-                    "max_abs_logit_diff_vs_model_apply": fm_diff,
-                    "step_time_s": st["what_if"]["median"] / s.steps,
-                    "speedup_vs_current_step": ratio_stats(step_rounds, wi_rounds)["median"],
-                    "step_vs_same_shape_matmuls": ratio_stats(mm_rounds, wi_rounds)["median"],
-                    "step_vs_matmul_only_loop": ratio_stats(loop_rounds, wi_rounds)["median"],
-                    "large_transposes_or_copies": wi_h["large_transposes_or_copies"],
-                    "matmul_outputs": [m_["out"] for m_ in wi_h["matmuls"]],
-                },
                 "loadavg": list(os.getloadavg()),
             }
             if name == "demo_k10" and not (s.quick and S > 1):
                 e["train_path"] = train_path(net, cfg.train, x, y, V, S, step, s, clock)
             out.append(e)
-            r, wi = e["ratios"], e["what_if_feature_major_layout"]
+            r = e["ratios"]
             print(
                 f"  {name:11s} S={S:<3d} step {step * 1e3:8.2f} ms  "
                 f"{g_exec:6.1f} GF/s executed ({g_issue:6.1f} by the 3-matmul count)  "
                 f"step/same-matmuls {r['step_vs_same_shape_matmuls']:.2f} "
                 f"(/matmul-only loop {r['step_vs_matmul_only_loop']:.2f})  "
                 f"step/peak {r['step_executed_vs_peak']:.2f}  "
-                f"seeds fused: {hlo['seeds_fused_into_one_matmul']}  [feature-major layout: "
-                f"{wi['step_vs_same_shape_matmuls']:.2f}, {wi['speedup_vs_current_step']:.2f}x]",
+                f"seeds fused: {hlo['seeds_fused_into_one_matmul']}",
                 flush=True,
             )
     return {"peak": peak, "entries": out}
@@ -1178,6 +1140,11 @@ def sec_precision(s: Settings, peak: float | None, prior: dict | None, clock: Cl
     }
 
 
+def _exponents(fits: dict[str, float | None]) -> str:
+    """'N: 0.98, P: 0.68, ...' (n/a where a fit had too few points)."""
+    return ", ".join(f"{a}: {e:.2f}" if e is not None else f"{a}: n/a" for a, e in fits.items())
+
+
 def sec_scaling(s: Settings, clock: Clock) -> dict[str, Any]:
     import jax
 
@@ -1293,20 +1260,9 @@ def sec_scaling(s: Settings, clock: Clock) -> dict[str, Any]:
             [p["NPd"] for p in ok], [(p["xla_memory"] or {}).get("total_bytes") for p in ok]
         ),
     }
+    print(f"  fitted exponents, time per step vs: {_exponents(out['exponents_time'])}", flush=True)
     print(
-        "  fitted exponents, time per step vs: "
-        + ", ".join(
-            f"{a}: {e:.2f}" if e is not None else f"{a}: n/a"
-            for a, e in out["exponents_time"].items()
-        ),
-        flush=True,
-    )
-    print(
-        "  fitted exponents, memory vs N·P·d: "
-        + ", ".join(
-            f"{a}: {e:.2f}" if e is not None else f"{a}: n/a"
-            for a, e in out["exponents_memory_vs_NPd"].items()
-        ),
+        f"  fitted exponents, memory vs N·P·d: {_exponents(out['exponents_memory_vs_NPd'])}",
         flush=True,
     )
     return out
@@ -1452,14 +1408,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines += [
             "| shape | S | step ms | GFLOP/s executed (2 matmuls) | GFLOP/s, issue's 3-matmul "
             "count | step / plain same-shape matmuls (range) | step / same matmuls in a "
-            "compiled loop | step / square peak | feature-major layout: step / plain matmuls "
-            "(speedup) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "compiled loop | step / square peak |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for e in eff:
             if "ratios" not in e:
                 continue
-            r, w = e["ratios"], e["what_if_feature_major_layout"]
+            r = e["ratios"]
             lines.append(
                 f"| {e['name']} | {e['shape']['S']} | {e['step_time_s'] * 1e3:.2f} | "
                 f"{e['gflops_step_executed']:.0f} | {e['gflops_step_issue_convention']:.0f} | "
@@ -1467,8 +1422,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 f"({r['step_vs_same_shape_matmuls_range']['min']:.2f}–"
                 f"{r['step_vs_same_shape_matmuls_range']['max']:.2f}) | "
                 f"**{r['step_vs_matmul_only_loop']:.2f}** | "
-                f"{r['step_executed_vs_peak']:.2f} | {w['step_vs_same_shape_matmuls']:.2f} "
-                f"({w['speedup_vs_current_step']:.2f}×) |"
+                f"{r['step_executed_vs_peak']:.2f} |"
             )
         lines.append("")
     bat = rep.get("batching", {}).get("sizes", {})

@@ -25,6 +25,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _report(cmd: list[str], out: Path, cwd: Path, timeout: int) -> dict:
+    """Run a benchmark command to completion and read the JSON report it wrote to out."""
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
 def _is_num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -60,16 +68,9 @@ def test_quick_benchmark_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # An unlimited budget: on a loaded machine the quick run's 120 s default skips sections,
     # and what is checked here is the report, not the machine's speed.
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--budget-s", "1e9", "--out", str(out)],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rep = json.loads(out.read_text())
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--budget-s", "1e9"]
+    cmd += ["--out", str(out)]
+    rep = _report(cmd, out, ROOT, 900)
 
     assert rep["schema_version"] == 1 and rep["quick"] is True
     assert rep["sections_requested"] == ["efficiency", "batching", "scaling", "ntk"]
@@ -125,16 +126,8 @@ def test_gpu_script_runs_quick_on_cpu(tmp_path: Path) -> None:
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--quick", str(out)],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rep = json.loads(out.read_text())
+    rep = _report(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--quick", str(out)], out,
+                  tmp_path, 1200)  # fmt: skip
     assert rep["machine"]["matmul_precision"] == "highest"
     assert rep["sections_requested"] == ["efficiency", "batching", "verify", "precision", "sweep"]
     assert [r["k"] for r in rep["verify"]["runs"]] == [10, 20]
