@@ -211,7 +211,7 @@ def write_experiment(path: str | Path, rep: Mapping[str, Any]) -> int:
     """Store a supporting experiment's report (``mvsim experiment``): its flat ``rows``,
     keyed by (experiment, hash of its config, row index), in one transaction, so a report
     is stored whole or not at all and storing it again replaces it. Returns the row count."""
-    h = hashlib.sha256(json.dumps(rep["config"], sort_keys=True).encode()).hexdigest()
+    h = config_hash(Config.from_dict(rep["config"]))  # the sweep rows' key for the same config
     rows = [
         (rep["experiment"], h, i, json.dumps(r, sort_keys=True), rep.get("mvsim_version"),
          rep.get("jax_version"), rep.get("backend"), utc_now())
