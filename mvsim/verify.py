@@ -81,6 +81,23 @@ def _train_logits(apply_fn, params, x) -> jax.Array:
     return jax.vmap(apply_fn, in_axes=(0, None))(params, x)
 
 
+def student_setup(
+    single_logits: jax.Array, init_params: jax.Array, n: int
+) -> tuple[jax.Array, jax.Array]:
+    """Teachers and inits of the 3n students, in the order [kd_0..kd_{n−1}, sd_0..,
+    control_0..]: student j starts from single j's init and is taught by the mean of the
+    other K−1 singles (kd), by single j+1 (self-distillation) or by single j (control).
+
+    single_logits: (K, N, k) the singles on the training set; init_params: (K, ...).
+    Returns teacher logits (3n, N, k) and inits (3n, ...).
+    """
+    K = single_logits.shape[0]
+    idx = np.arange(n)
+    others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
+    teachers = jnp.concatenate([others, single_logits[(idx + 1) % K], single_logits[idx]], 0)
+    return teachers, jnp.concatenate([init_params[idx]] * 3, axis=0)
+
+
 # What each claim needs trained, beyond the singles (which every claim uses).
 NEEDS: dict[str, set[str]] = {
     "single": set(),
@@ -133,14 +150,8 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
 
         students = averages = None
         if "students" in needs:
-            # [kd_0..kd_{n-1}, sd_0.., control_0..], all from singles' inits.
             t = time.perf_counter()
-            idx = np.arange(n_st)
-            others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
-            teachers = jnp.concatenate(
-                [others, single_logits[(idx + 1) % K], single_logits[idx]], axis=0
-            )
-            inits = jnp.concatenate([singles.init_params[idx]] * 3, axis=0)
+            teachers, inits = student_setup(single_logits, singles.init_params, n_st)
             students = train(None, net, x, y, V, Tc, init_params=inits,
                              objective=distill.objective(KD), teacher_logits=teachers,
                              T=KD.kd_T, stop="none", progress=progress,

@@ -26,7 +26,7 @@ from mvsim import claims, data, distill, model
 from mvsim.config import make_config
 from mvsim.report import append_jsonl, jsonl_keys
 from mvsim.train import precision, train
-from mvsim.verify import stream
+from mvsim.verify import stream, student_setup
 
 VARIANTS: dict[str, dict] = {
     "paper,eta'=eta,T=2000": {},
@@ -70,9 +70,7 @@ def main() -> None:
         sv = np.asarray(model.views_learned(model.view_strength(singles.params, V), thr))
         logits = jax.vmap(net.apply, in_axes=(0, None))(singles.params, ts.x)  # (K, N, k)
         idx = np.arange(n)
-        others = (logits.sum(0)[None] - logits[idx]) / (K - 1)
-        teachers = jnp.concatenate([others, logits[(idx + 1) % K], logits[idx]], axis=0)
-        inits = jnp.concatenate([singles.init_params[idx]] * 3, axis=0)
+        teachers, inits = student_setup(logits, singles.init_params, n)
         teacher_views = [
             np.stack([np.delete(sv, j, 0).any(0) for j in idx]),
             sv[(idx + 1) % K],
