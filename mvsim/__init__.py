@@ -46,15 +46,15 @@ from mvsim.model import (
 )
 from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict, wilson_interval
 from mvsim.store import read_results
-from mvsim.sweep import build_points, parse_grid, run_sweep
+from mvsim.sweep import build_points, parse_grid, run_points, run_sweep
 
 # The trainer is `mvsim.train.train`: re-exporting it here would shadow its module.
-from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict
-from mvsim.verify import Measurements, run
+from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict, train_points
+from mvsim.verify import Measurements, run, run_many
 
 __all__ = [
-    "CLAIMS",
     "Batch",
+    "CLAIMS",
     "ClaimResult",
     "Config",
     "ConfigError",
@@ -95,9 +95,12 @@ __all__ = [
     "predicted_error",
     "read_results",
     "run",
+    "run_many",
+    "run_points",
     "run_sweep",
     "sample",
     "smoothed_relu",
+    "train_points",
     "training_set",
     "verdict",
     "view_strength",

@@ -52,6 +52,30 @@ def shard_seeds(tree, enabled: bool = True):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(AXIS)))
 
 
+def model_axis(state, enabled: bool = True) -> int | None:
+    """Which leading axis of a (points, seeds, ...) pytree to split over the local
+    devices: 0 when the point count divides evenly by the device count, else 1 when the
+    seed count does, else None (one device, or no even split: see the module docstring)."""
+    mesh = seed_mesh() if enabled else None
+    leaves = jax.tree.leaves(state)
+    if mesh is None or not leaves:
+        return None
+    n = mesh.devices.size
+    for axis in (0, 1):
+        if all(np.ndim(a) > axis and np.shape(a)[axis] % n == 0 for a in leaves):
+            return axis
+    return None
+
+
+def shard_axis(tree, axis: int):
+    """Split ``axis`` of every leaf of ``tree`` over the local devices (None stays None)."""
+    mesh = seed_mesh()
+    if mesh is None or tree is None:
+        return tree
+    spec = PartitionSpec(*([None] * axis), AXIS)
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
 def replicate(tree, enabled: bool = True):
     """Place ``tree`` whole on every local device (data shared by all seeds)."""
     mesh = seed_mesh() if enabled else None

@@ -223,20 +223,53 @@ def _env() -> dict[str, Any]:
 
 def run_point(cfg: Config, claims: Sequence[str] | None) -> dict[str, Any]:
     """Run verify on one config. Returns claims (ClaimResult dicts), mechanism, timing."""
+    return run_points([cfg], claims)[0]
+
+
+def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Run verify on configs that share a :func:`mvsim.verify.batch_key`, all of them in
+    one compiled call per stage (:func:`mvsim.verify.run_many`). Returns per config what
+    :func:`run_point` does; ``seconds`` is the batch's wall time over its points."""
     from mvsim import claims as claims_mod
     from mvsim import verify
 
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
-    m = verify.run(cfg, claims=ids, progress=False)
-    results = claims_mod.evaluate_all(m, ids)
-    seconds = time.perf_counter() - t0
-    return {
-        "claims": [r.to_dict() for r in results],
-        "mechanism": claims_mod.mechanism(m),
-        "timing": dict(m.timing),
-        "seconds": seconds,
-    }
+    ms = verify.run_many(cfgs, claims=ids, progress=False)
+    outs = [
+        {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
+         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing)}
+        for m in ms
+    ]  # fmt: skip
+    seconds = (time.perf_counter() - t0) / len(cfgs)
+    for o in outs:
+        o["seconds"] = seconds
+    return outs
+
+
+def default_batch_points() -> int:
+    """How many same-shape points :func:`run_sweep` trains in one call by default: 1 on
+    CPU, where one point's seeds already keep the cores busy at the demo's sizes and
+    three points together ran 15% slower per model (benchmarks/RESULTS.md), and 16 on an
+    accelerator, which one point's few small models leave mostly idle."""
+    import jax
+
+    return 1 if jax.default_backend() == "cpu" else 16
+
+
+def batches(
+    todo: Sequence[tuple[Point, list[str]]], batch_points: int
+) -> list[list[tuple[Point, list[str]]]]:
+    """Split (point, missing claims) pairs into runs of at most ``batch_points`` points
+    that can share a compiled call (same :func:`mvsim.verify.batch_key`, same claims),
+    in shape order so that consecutive calls reuse compiled code."""
+    from mvsim.verify import batch_key
+
+    groups: dict[tuple, list[tuple[Point, list[str]]]] = {}
+    for p, missing in sorted(todo, key=lambda pm: pm[0].shape_key()):
+        groups.setdefault((batch_key(p.cfg), tuple(missing)), []).append((p, missing))
+    n = batch_points
+    return [g[i : i + n] for g in groups.values() for i in range(0, len(g), n)]
 
 
 def run_sweep(
@@ -244,6 +277,7 @@ def run_sweep(
     store: str | Path,
     claims: Sequence[str] | None = None,
     *,
+    batch_points: int | None = None,
     progress: bool = True,
     log: Any = None,
 ) -> SweepSummary:
@@ -253,15 +287,22 @@ def run_sweep(
       points: from :func:`build_points`.
       store: SQLite path (created if missing).
       claims: claim ids (None = all); a stored point missing some of them runs only those.
-      progress: a tqdm bar over points with its ETA; else one line per point on ``log``.
+      batch_points: at most this many points that differ only in fields that keep the
+        compiled code (μ, ρ, Γ, σ_0, η, ...; :data:`mvsim.verify.BATCHABLE`) are trained
+        together, vmapped with their seeds; None: :func:`default_batch_points`. A batch's
+        points are stored when the batch completes, each in its own transaction.
+      progress: a tqdm bar over points with its ETA; else one line per batch on ``log``.
       log: a callable taking a str (default: print).
     """
     import jax
-    from tqdm.auto import tqdm
 
     from mvsim import store as st
     from mvsim.claims import CLAIMS
 
+    if batch_points is None:
+        batch_points = default_batch_points()
+    if batch_points < 1:
+        raise ConfigError("batch_points", batch_points, "must be ≥ 1")
     log = log or print
     wanted = list(claims) if claims is not None else [c.id for c in CLAIMS]
     # Several processes (jax.distributed): each takes every n-th point and its own file,
@@ -275,29 +316,36 @@ def run_sweep(
         have = st.stored_claims(conn)
         todo = [(p, [c for c in wanted if c not in have.get(p.hash, set())]) for p in points]
         todo = [(p, missing) for p, missing in todo if missing]
-        todo.sort(key=lambda pm: pm[0].shape_key())  # same shapes back to back: no recompile
         skipped = len(points) - len(todo)
         if skipped:
             log(f"sweep: {skipped}/{len(points)} points already in {store}, skipped")
         env = _env()
-        rows = 0
-        bar = tqdm(total=len(todo), desc="sweep", unit="point", disable=not progress)
+        rows = done = 0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm  # only when drawn: it warns without ipywidgets
+
+            bar = tqdm(total=len(todo), desc="sweep", unit="point")
         t_loop = time.perf_counter()
-        for i, (p, missing) in enumerate(todo):
+        for batch in batches(todo, batch_points):
             started = st.utc_now()
-            out = run_point(p.cfg, missing)
-            rows += st.write_point(
-                conn, p.cfg, p.values, out["claims"], out["mechanism"],
-                seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
-            )  # fmt: skip
-            bar.update(1)
-            bar.set_postfix_str(_short(p.values))
-            if not progress:
-                done = i + 1
+            outs = run_points([p.cfg for p, _ in batch], batch[0][1])
+            for (p, _), out in zip(batch, outs, strict=True):
+                rows += st.write_point(
+                    conn, p.cfg, p.values, out["claims"], out["mechanism"],
+                    seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
+                )  # fmt: skip
+            done += len(batch)
+            label = _short(batch[0][0].values) + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix_str(label)
+            else:
                 eta = (time.perf_counter() - t_loop) / done * (len(todo) - done)
-                log(f"sweep: point {done}/{len(todo)} {_short(p.values)} "
-                    f"{out['seconds']:.1f} s, ETA {eta:.0f} s")  # fmt: skip
-        bar.close()
+                log(f"sweep: {done}/{len(todo)} points, {label}: "
+                    f"{outs[0]['seconds'] * len(batch):.1f} s, ETA {eta:.0f} s")  # fmt: skip
+        if bar is not None:
+            bar.close()
     finally:
         conn.close()
     return SweepSummary(len(points), len(todo), skipped, rows, time.perf_counter() - t_start)

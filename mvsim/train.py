@@ -1,10 +1,11 @@
-"""Full-batch gradient descent, one seed at a time, vmapped over seeds.
+"""Full-batch gradient descent, one seed at a time, vmapped over seeds and points.
 
-:func:`_one_seed_chunk` advances ONE seed by ``chunk`` GD steps with ``lax.scan``; the
-public :func:`train` vmaps it over seeds (all seeds share the data unless given their own
-teacher) and calls it chunk after chunk until every seed has stopped. Between chunks
-(never inside a step) the host checks for divergence and early stopping. Seeds are never
-looped over in Python.
+:func:`_one_seed_chunk` advances ONE seed by ``chunk`` GD steps with ``lax.scan``;
+:func:`train_points` vmaps it over seeds (a point's seeds share its data unless given their
+own teacher) and over points (sweep points of the same shapes, each with its own data and
+η), and calls it chunk after chunk until every model has stopped. :func:`train` is one
+point. Between chunks (never inside a step) the host checks for divergence and early
+stopping. Neither seeds nor points are looped over in Python.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mvsim import devices
 from mvsim.config import TrainConfig
-from mvsim.devices import replicate, shard_seeds
 from mvsim.model import ApplyFn, Network, Params, alignment
 
 Objective = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
@@ -175,21 +176,36 @@ def _chunk_fn(
     stop: str,
     n_steps: int,
     teacher_axis: int | None,
+    points: int,
 ) -> Callable:
-    """The jitted, seed-vmapped chunk ``f(state, x, y, teacher, V, eta)``, one per static
-    setup: calls with the same model, objective and config (η excepted) reuse it, and jit
-    compiles once per array shape. η is a traced argument so that an η sweep compiles once;
-    ``cfg.eta`` is not read (callers pass it normalised so it does not split the cache)."""
+    """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): seeds
+    vmapped inside a point (sharing its data), points vmapped outside (each with its own
+    x, y, V, η and teachers). One per static setup: calls with the same model, objective
+    and config (η excepted) reuse it, and jit compiles once per array shape. η is traced
+    so that an η sweep compiles once; ``cfg.eta`` is not read (callers pass it normalised
+    so it does not split the cache). ``teacher_axis``: None (no teacher), 0 (one per
+    seed) or -1 (one per point, shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
 
-    def chunk_fn(state, x, y, teacher, V, eta):
+    def point_chunk(state, x, y, teacher, V, eta):
         opt = optax.sgd(eta)
         one = lambda s, t: _one_seed_chunk(
             s, x, y, t, V, apply_fn=apply_fn, objective=objective, opt=opt,
             cfg=cfg, T=T, stop=stop, n_steps=n_steps,
         )  # fmt: skip
-        return jax.vmap(one, in_axes=(0, teacher_axis))(state, teacher)
+        return jax.vmap(one, in_axes=(0, 0 if teacher_axis == 0 else None))(state, teacher)
 
-    return jax.jit(chunk_fn)
+    t_axis = None if teacher_axis is None else 0
+    if points > 1:
+        return jax.jit(jax.vmap(point_chunk, in_axes=(0, 0, 0, t_axis, 0, 0)))
+
+    # One point: the same computation without the unit batch axis, which XLA's CPU dots
+    # do not see through (a size-1 vmap made the demo's step about 10% slower).
+    def one_point(state, x, y, teacher, V, eta):
+        drop = lambda t: jax.tree.map(lambda a: a[0], t)
+        out = point_chunk(*drop((state, x, y, teacher, V, eta)))
+        return jax.tree.map(lambda a: a[None], out)
+
+    return jax.jit(one_point)
 
 
 def train(
@@ -228,115 +244,225 @@ def train(
       shard: split the seed axis over the local devices when there are several and S
         divides evenly (:mod:`mvsim.devices`); False keeps every seed on one device.
 
+    This is :func:`train_points` with one point.
+
     Raises:
       DivergenceError: the loss or outputs became NaN/Inf (names seed and step).
+    """
+    with precision(cfg.dtype, cfg.matmul_precision):
+        if init_params is None:
+            if seeds is None or key is None:
+                raise ValueError("train needs `key` and `seeds`, or `init_params`")
+            init_params = jax.vmap(net.init)(jax.random.split(key, seeds))
+        add = lambda a: None if a is None else jnp.asarray(a)[None]
+        res = train_points(
+            net, add(x), add(y), add(V), cfg, jax.tree.map(add, init_params),
+            etas=[cfg.eta], objective=objective, teacher_logits=add(teacher_logits),
+            T=T, stop=stop, progress=progress, desc=desc, shard=shard,
+        )  # fmt: skip
+    first = lambda a: a[0]
+    return res._replace(**{f: jax.tree.map(first, getattr(res, f))
+                           for f in res._fields if f != "steps"})  # fmt: skip
+
+
+def train_points(
+    net: Network,
+    x: jax.Array,
+    y: jax.Array,
+    V: jax.Array,
+    cfg: TrainConfig,
+    init_params: Params,
+    *,
+    etas: Sequence[float] | None = None,
+    objective: Objective = cross_entropy,
+    teacher_logits: jax.Array | None = None,
+    T: int | None = None,
+    stop: str | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    shard: bool = True,
+) -> TrainResult:
+    """Train Q points × S seeds in one compiled call: Q sweep points that share every
+    array shape (and the static config), each with its own data and η, S seeds each.
+
+    Args:
+      net: the (init, apply) pair (its apply is shared; inits are given).
+      x: (Q, N, P, d) each point's training inputs, shared by its seeds.
+      y: (Q, N) labels; V: (Q, k, 2, d) views, for recording Λ.
+      cfg: the training config; its η is used where ``etas`` is None.
+      init_params: (Q, S, ...) initial params.
+      etas: (Q,) learning rates (η is traced, so points may differ in it).
+      teacher_logits: (Q, N, k) one teacher per point, or (Q, S, N, k) one per seed.
+      T, stop, objective, progress, desc: as in :func:`train`.
+      shard: split the point axis (or, when Q does not divide, the seed axis) over the
+        local devices (:mod:`mvsim.devices`).
+
+    Returns a :class:`TrainResult` whose arrays carry a leading (Q, S) (``steps`` (L,)).
+
+    Raises:
+      DivergenceError: the loss or outputs became NaN/Inf (names point, seed and step).
     """
     T = cfg.T if T is None else T
     stop = cfg.stop if stop is None else stop
     with precision(cfg.dtype, cfg.matmul_precision):
         dtype = jnp.dtype(cfg.dtype)
-        if init_params is None:
-            if seeds is None or key is None:
-                raise ValueError("train needs `key` and `seeds`, or `init_params`")
-            init_params = jax.vmap(net.init)(jax.random.split(key, seeds))
         init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init_params)
-        S = jax.tree.leaves(init_params)[0].shape[0]
-        x = jnp.asarray(x, dtype)
-        V = jnp.asarray(V, dtype)
+        Q, S = jax.tree.leaves(init_params)[0].shape[:2]
+        x, V = jnp.asarray(x, dtype), jnp.asarray(V, dtype)
+        y = jnp.asarray(y)
+        eta = jnp.asarray([cfg.eta] * Q if etas is None else list(etas), dtype)
+        if eta.shape != (Q,) or x.shape[0] != Q or y.shape[0] != Q or V.shape[0] != Q:
+            raise ValueError(
+                f"train_points: x {x.shape}, y {y.shape}, V {V.shape} and etas {eta.shape} "
+                f"need a leading axis of Q = {Q} points (init_params is (Q, S, ...))"
+            )
         teacher_axis = None
         if teacher_logits is not None:
             teacher_logits = jnp.asarray(teacher_logits, dtype)
-            teacher_axis = 0 if teacher_logits.ndim == 3 else None
+            teacher_axis = 0 if teacher_logits.ndim == 4 else -1
 
         opt = optax.sgd(cfg.eta)
         state = _State(
             init_params,
-            jax.vmap(opt.init)(init_params),
-            jnp.zeros(S, jnp.int32),
-            jnp.zeros(S, bool),
-            jnp.full(S, T, jnp.int32),
+            jax.vmap(jax.vmap(opt.init))(init_params),
+            jnp.zeros((Q, S), jnp.int32),
+            jnp.zeros((Q, S), bool),
+            jnp.full((Q, S), T, jnp.int32),
         )
         n_steps = min(cfg.chunk, T + 1)
-        # Seeds on devices: the state (and per-seed teachers) split along the seed axis,
-        # the shared data replicated (mvsim.devices; a no-op on one device).
-        state = shard_seeds(state, shard)
-        x, y, V = replicate((x, y, V), shard)
-        if teacher_axis == 0:
-            teacher_logits = shard_seeds(teacher_logits, shard)
-        chunk_fn = _chunk_fn(net.apply, objective, dataclasses.replace(cfg, eta=1.0), T, stop,
-                             n_steps, teacher_axis)  # fmt: skip
-        eta = jnp.asarray(cfg.eta, dtype)
+        chunk_fn = functools.partial(_chunk_fn, net.apply, objective,
+                                     dataclasses.replace(cfg, eta=1.0), T, stop, n_steps,
+                                     teacher_axis)  # fmt: skip
         want = log_steps(T, cfg.n_log)
         rec: dict[int, list] = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-        # Seed compaction: a stopped seed is frozen but would still cost a full step under
-        # vmap. Once half of the running seeds have stopped, the rest continue alone (one
-        # recompile per halving), so a slow tail costs what the tail seeds cost.
-        full = state
-        active = np.arange(S)
-        sub, sub_teacher = state, teacher_logits
+        # Compaction: a stopped seed is frozen but would still cost a full step under
+        # vmap. Once the running models fit in half the points or half the seeds, the
+        # rest continue alone (one recompile per new shape): points with none running are
+        # dropped, and each kept point keeps its running seeds first, padded with its
+        # stopped ones. A slow tail costs about what the tail models cost.
+        qi = np.arange(Q)  # the points in `sub`
+        si = np.tile(np.arange(S), (Q, 1))  # (Q', S') their seeds
+
+        def place(s: _State, qi: np.ndarray, si: np.ndarray) -> tuple:
+            """The models (points qi, seeds si) and their data, on the devices."""
+            teachers = _take(teacher_logits, teacher_axis, qi, si)
+            return _place(s, (x[qi], y[qi], V[qi], eta[qi]), teachers, teacher_axis, shard)
+
+        sub, p_data, p_teacher = place(state, qi, si)
+        full = sub
         last_lam: np.ndarray | None = None
         t0 = 0
         while t0 <= T:
-            sub, out = chunk_fn(sub, x, y, sub_teacher, V, eta)
-            loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)
-            _check_finite(finite, was_done, t0, active)
+            px, py, pV, peta = p_data
+            sub, out = chunk_fn(min(len(qi), 2))(sub, px, py, p_teacher, pV, peta)
+            loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)  # (Q', S', n, ...)
+            _check_finite(finite, was_done, t0, qi, si, Q)
             if last_lam is None:
-                last_lam = np.zeros((S, *lam.shape[2:]), lam.dtype)
-            for j in range(loss.shape[1]):
-                last_lam[active] = lam[:, j]
+                last_lam = np.zeros((Q, S, *lam.shape[3:]), lam.dtype)
+            rows = (qi[:, None], si)
+            for j in range(loss.shape[2]):
+                last_lam[rows] = lam[:, :, j]
                 if t0 + j in want:
-                    row_loss = np.full(S, np.nan, loss.dtype)
-                    row_acc = np.full(S, np.nan, acc.dtype)
-                    row_loss[active] = np.where(was_done[:, j], np.nan, loss[:, j])
-                    row_acc[active] = np.where(was_done[:, j], np.nan, acc[:, j])
+                    row_loss = np.full((Q, S), np.nan, loss.dtype)
+                    row_acc = np.full((Q, S), np.nan, acc.dtype)
+                    row_loss[rows] = np.where(was_done[:, :, j], np.nan, loss[:, :, j])
+                    row_acc[rows] = np.where(was_done[:, :, j], np.nan, acc[:, :, j])
                     rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
             t0 += n_steps
             bar.update(min(n_steps, T - bar.n))
-            running = ~np.asarray(sub.done)
+            running = ~np.asarray(sub.done)  # (Q', S')
             if not running.any():
                 break
-            if running.sum() <= len(active) // 2:
-                full = _scatter(full, sub, active)
-                active, sub = active[running], jax.tree.map(lambda a, r=running: a[r], sub)
-                sub = shard_seeds(sub, shard)
-                if teacher_axis == 0:
-                    sub_teacher = shard_seeds(teacher_logits[active], shard)
+            per_point = running.sum(1)
+            # Sizes rounded up to powers of two, so that the compaction compiles at most
+            # log2(Q)·log2(S) shapes whatever the stopping pattern.
+            q_new = min(_pow2(int((per_point > 0).sum())), len(qi))
+            s_new = min(_pow2(int(per_point.max())), si.shape[1])
+            if s_new <= si.shape[1] // 2 or q_new <= len(qi) // 2:
+                full = _scatter(full, sub, qi, si)
+                # Running points first, and in each its running seeds first (both stable);
+                # the padding is stopped models, which stay frozen.
+                keep_q = np.argsort(per_point == 0, kind="stable")[:q_new]
+                order = np.argsort(~running[keep_q], axis=1, kind="stable")[:, :s_new]
+                si = np.take_along_axis(si[keep_q], order, axis=1)
+                qi = qi[keep_q]
+                sub, p_data, p_teacher = place(_gather(full, qi, si), qi, si)
         bar.close()
-        state = _scatter(full, sub, active)
-        steps = np.array(sorted(rec))
-        final_logits = jax.vmap(net.apply, in_axes=(0, None))(state.params, x)
-        final_loss = jax.vmap(lambda lg, t: objective(lg, y, t), in_axes=(0, teacher_axis))(
-            final_logits, teacher_logits
+        state = _scatter(full, sub, qi, si)
+        params = state.params
+        final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
+        if teacher_axis == -1:
+            tl = jnp.broadcast_to(teacher_logits[:, None], final_logits.shape)
+        else:
+            tl = teacher_logits
+        loss_fn = lambda lg, yy, t: objective(lg, yy, t)
+        per_seed = jax.vmap(loss_fn, in_axes=(0, None, None if tl is None else 0))
+        final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(
+            final_logits, y, tl
         )
-        final_acc = jax.vmap(lambda lg: accuracy(lg, y))(final_logits)
+        final_acc = jax.vmap(jax.vmap(accuracy, in_axes=(0, None)))(final_logits, y)
+        steps = np.array(sorted(rec))
         return TrainResult(
-            params=state.params,
+            params=params,
             init_params=init_params,
             steps=steps,
-            loss=np.stack([rec[t][0] for t in steps], 1),
-            accuracy=np.stack([rec[t][1] for t in steps], 1),
-            alignment=np.stack([rec[t][2] for t in steps], 1),
+            loss=np.stack([rec[t][0] for t in steps], 2),
+            accuracy=np.stack([rec[t][1] for t in steps], 2),
+            alignment=np.stack([rec[t][2] for t in steps], 2),
             stop_step=np.asarray(state.stop_step),
             final_loss=np.asarray(final_loss),
             final_accuracy=np.asarray(final_acc),
         )
 
 
-def _scatter(full: _State, sub: _State, active: np.ndarray) -> _State:
-    """Write the running seeds' state back into the all-seed state."""
-    return jax.tree.map(lambda f, s: f.at[active].set(s), full, sub)
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
-def _check_finite(finite: np.ndarray, was_done: np.ndarray, t0: int, active: np.ndarray) -> None:
-    bad = ~finite & ~was_done
+def _take(teacher, axis: int | None, qi: np.ndarray, si: np.ndarray):
+    """The teachers of the models in the compacted (points qi, seeds si) layout."""
+    if teacher is None:
+        return None
+    return teacher[qi[:, None], si] if axis == 0 else teacher[qi]
+
+
+def _place(state: _State, point_data: tuple, teacher, teacher_axis: int | None, shard: bool):
+    """Put the (Q', S') models on the local devices (:mod:`mvsim.devices`): the point
+    axis split when it divides evenly (each device holds its points' data), else the seed
+    axis (every device holds all the data), else one device."""
+    axis = devices.model_axis(state, shard)
+    if axis == 0:
+        return (devices.shard_axis(state, 0), devices.shard_axis(point_data, 0),
+                devices.shard_axis(teacher, 0))  # fmt: skip
+    if axis == 1:
+        t = devices.shard_axis(teacher, 1) if teacher_axis == 0 else devices.replicate(teacher)
+        return devices.shard_axis(state, 1), devices.replicate(point_data), t
+    return state, point_data, teacher
+
+
+def _gather(full: _State, qi: np.ndarray, si: np.ndarray) -> _State:
+    """The state of the models (points qi (Q',), seeds si (Q', S'))."""
+    return jax.tree.map(lambda a: a[qi[:, None], si], full)
+
+
+def _scatter(full: _State, sub: _State, qi: np.ndarray, si: np.ndarray) -> _State:
+    """Write the running models' state back into the all-model (Q, S) state."""
+    return jax.tree.map(lambda f, s: f.at[qi[:, None], si].set(s), full, sub)
+
+
+def _check_finite(
+    finite: np.ndarray, was_done: np.ndarray, t0: int, qi: np.ndarray, si: np.ndarray, Q: int
+) -> None:
+    bad = ~finite & ~was_done  # (Q', S', n)
     if bad.any():
-        j = int(np.argmax(bad.any(0)))  # the earliest step, then the lowest seed there
-        seed = int(active[np.argmax(bad[:, j])])
+        j = int(np.argmax(bad.any((0, 1))))  # the earliest step, then the first model there
+        q, s = np.unravel_index(np.argmax(bad[:, :, j]), bad.shape[:2])
+        where = f"seed {int(si[q, s])}" + (f" of point {int(qi[q])}" if Q > 1 else "")
         raise DivergenceError(
-            f"training diverged: loss or logits became NaN/Inf at step {t0 + j} of seed {seed} "
+            f"training diverged: loss or logits became NaN/Inf at step {t0 + j} of {where} "
             "(lower eta, or check the data scale)"
         )
 

@@ -21,8 +21,9 @@ master seed (data, init, test, average) so that adding a stage shifts no other s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvsim import data, distill, mechanism, model
-from mvsim.config import Config
+from mvsim.config import FIELD_SECTION, Config
 from mvsim.model import ApplyFn
-from mvsim.train import accuracy, correct, precision, train
+from mvsim.train import accuracy, correct, precision, train_points
 
 STREAMS = {"data": 0, "init": 1, "test": 2, "average": 3, "features": 4}
 
@@ -108,6 +109,23 @@ NEEDS: dict[str, set[str]] = {
 }
 
 
+# Fields in which configs may differ and still be trained in one compiled call
+# (:func:`run_many`): the data is drawn per point in Python (so any data field that keeps
+# the shapes may differ), inits are drawn per point (σ_0), η is traced, and the rest is
+# read after training. Every other field is static to the compiled trainer or changes a
+# shape, so points that differ in it go to separate calls.
+BATCHABLE = frozenset(
+    {f for f, sec in FIELD_SECTION.items() if sec in ("data", "ntk", "experiment")}
+    - {"k", "d", "P", "N", "family"}
+    | {"sigma_0", "eta", "seed", "view_threshold", "n_test_multi", "n_test_single"}
+)
+
+
+def batch_key(cfg: Config) -> tuple:
+    """Configs with equal keys can go through :func:`run_many` together."""
+    return tuple((f, repr(v)) for f, v in sorted(cfg.flat().items()) if f not in BATCHABLE)
+
+
 def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
     """Train the models that ``claims`` (default: all) need, and measure them.
 
@@ -115,143 +133,235 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
     :class:`Measurements`: per model group the boolean error vectors on the multi-view
     (S, n_test_multi) and single-view (S, n_test_single) test sets, training accuracy (S,)
     and learned views (S, k, 2); the singles' Λ history (K, L, k, 2) at the L recorded
-    steps; the lottery; memorisation; wall times in seconds.
+    steps; the lottery; memorisation; wall times in seconds. This is :func:`run_many`
+    with one config.
     """
+    return run_many([cfg], claims=claims, progress=progress)[0]
+
+
+def run_many(
+    cfgs: Sequence[Config], *, claims: Iterable[str] | None = None, progress: bool = True
+) -> list[Measurements]:
+    """:func:`run` for Q configs that share a :func:`batch_key` (e.g. sweep points that
+    differ in μ, ρ, Γ, σ_0, η or the seed), stage by stage: each training stage trains
+    all Q points × their seeds in one compiled call (:func:`mvsim.train.train_points`),
+    and points whose test sets are the same draw (μ and N do not enter it) are evaluated
+    on one pass over it. Point i's numbers are those of ``run(cfgs[i])``; the timing of
+    each stage is the whole batch's, with ``batch_points`` = Q.
+
+    Raises ValueError (before any compute) for an unknown claim or configs that cannot
+    share a call.
+    """
+    cfgs = list(cfgs)
     unknown = sorted(set(claims or ()) - set(NEEDS))
     if unknown:
         raise ValueError(f"unknown claims {unknown}; known: {sorted(NEEDS)}")
+    if not cfgs:
+        return []
+    keys = {batch_key(c) for c in cfgs}
+    if len(keys) > 1:
+        a, b = (dict(k) for k in list(keys)[:2])
+        diff = sorted(f for f in a if a[f] != b.get(f))
+        raise ValueError(f"run_many: the configs differ in {diff}, which cannot be batched")
     needs = set().union(*(NEEDS[c] for c in (claims or NEEDS)))
-    timing: dict[str, float] = {}
-    D, M, Tc, KD, Vc = cfg.data, cfg.model, cfg.train, cfg.distill, cfg.verify
-    K, n_st = Vc.seeds, KD.kd_students
+    timing: dict[str, float] = {"batch_points": float(len(cfgs))}
+    cfg0 = cfgs[0]
+    D0, M0, Tc, KD = cfg0.data, cfg0.model, cfg0.train, cfg0.distill
+    K, n_st = cfg0.verify.seeds, KD.kd_students
+    etas = np.array([c.train.eta for c in cfgs])
     with precision(Tc.dtype, Tc.matmul_precision):
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
-        V = data.features(stream(cfg, "features"), D.d, D.k, dtype)
-        train_set, truth = data.sample(
-            stream(cfg, "data"),
-            D,
-            D.N,
-            V,
-            stratified=D.train_composition == "stratified",
-            ground_truth=True,
-            dtype=dtype,
-        )
-        x, y = train_set.x, train_set.y
-        net = model.network(M, D.k, D.d, dtype)
+        Vs, sets_, truths = [], [], []
+        for c in cfgs:
+            V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
+            ts, truth = data.sample(
+                stream(c, "data"), c.data, c.data.N, V,
+                stratified=c.data.train_composition == "stratified",
+                ground_truth=True, dtype=dtype,
+            )  # fmt: skip
+            Vs.append(V), sets_.append(ts), truths.append(truth)
+        V = jnp.stack(Vs)
+        x = jnp.stack([s.x for s in sets_])
+        y = jnp.stack([s.y for s in sets_])
+        net = model.network(M0, D0.k, D0.d, dtype)
         timing["sample_train"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        singles = train(stream(cfg, "init"), net, x, y, V, Tc, seeds=K, progress=progress,
-                        desc=f"{K} single models")  # fmt: skip
+        # Each point's inits from its own stream and σ_0 (the apply is the same for all).
+        inits = jnp.stack([
+            jax.vmap(model.network(c.model, D0.k, D0.d, dtype).init)(
+                jax.random.split(stream(c, "init"), K))
+            for c in cfgs
+        ])  # fmt: skip
+        singles = train_points(net, x, y, V, Tc, inits, etas=etas, progress=progress,
+                               desc=f"{len(cfgs)}×{K} single models")  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
-        single_logits = _train_logits(net.apply, singles.params, x)  # (K, N, k)
+        single_logits = jax.vmap(_train_logits, in_axes=(None, 0, 0))(net.apply, singles.params, x)
         sets: dict[str, tuple[ApplyFn, jax.Array]] = {"single": (net.apply, singles.params)}
 
         students = averages = None
         if "students" in needs:
             t = time.perf_counter()
-            teachers, inits = student_setup(single_logits, singles.init_params, n_st)
-            students = train(None, net, x, y, V, Tc, init_params=inits,
-                             objective=distill.objective(KD), teacher_logits=teachers,
-                             T=KD.kd_T, stop="none", progress=progress,
-                             desc=f"{3 * n_st} distilled students")  # fmt: skip
+            setups = [student_setup(single_logits[q], singles.init_params[q], n_st)
+                      for q in range(len(cfgs))]  # fmt: skip
+            teachers = jnp.stack([s[0] for s in setups])
+            st_inits = jax.tree.map(lambda *a: jnp.stack(a), *[s[1] for s in setups])
+            students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
+                                    objective=distill.objective(KD), teacher_logits=teachers,
+                                    T=KD.kd_T, stop="none", progress=progress,
+                                    desc=f"{len(cfgs)}×{3 * n_st} distilled students")  # fmt: skip
             sets["students"] = (net.apply, students.params)
             timing["train_students"] = time.perf_counter() - t
 
         if "average" in needs:
             t = time.perf_counter()
-            avg_net = model.averaged(M, D.k, D.d, KD.avg_members, dtype)
+            avg_net = model.averaged(M0, D0.k, D0.d, KD.avg_members, dtype)
             mult = KD.avg_members if KD.avg_eta_mult is None else KD.avg_eta_mult
-            avg_cfg = dataclasses.replace(Tc, eta=Tc.eta * mult)
-            averages = train(stream(cfg, "average"), avg_net, x, y, V, avg_cfg,
-                             seeds=KD.avg_seeds, progress=progress,
-                             desc="training-average models")  # fmt: skip
+            avg_inits = jnp.stack([
+                jax.vmap(model.averaged(c.model, D0.k, D0.d, KD.avg_members, dtype).init)(
+                    jax.random.split(stream(c, "average"), KD.avg_seeds))
+                for c in cfgs
+            ])  # fmt: skip
+            averages = train_points(avg_net, x, y, V, Tc, avg_inits, etas=etas * mult,
+                                    progress=progress,
+                                    desc="training-average models")  # fmt: skip
             sets["average"] = (avg_net.apply, averages.params)
             timing["train_average"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        errors, ys, strong = _evaluate(cfg, V, sets)
+        evaluated = _evaluate_points(cfgs, V, sets)
         timing["evaluate"] = time.perf_counter() - t
 
-        ens_acc = float(accuracy(single_logits.mean(0), y))
-        em, es = errors["single"]
-        groups = {
-            "single": Group("single", em, es, singles.final_accuracy,
-                            _learned(singles.params, V, cfg), singles.stop_step),
-            "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
-        }  # fmt: skip
-        if students is not None:
-            em, es = errors["students"]
-            sv = _learned(students.params, V, cfg)
-            for j, name in enumerate(("kd", "self_distillation", "control")):
-                sl = slice(j * n_st, (j + 1) * n_st)
-                groups[name] = Group(name, em[sl], es[sl], students.final_accuracy[sl],
-                                     sv[sl], np.full(n_st, KD.kd_T))  # fmt: skip
-        if averages is not None:
-            em, es = errors["average"]
-            groups["training_average"] = Group(
-                "training_average", em, es, averages.final_accuracy,
-                _learned(averages.params, V, cfg).any(1), averages.stop_step,
-            )  # fmt: skip
-
-        mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
-        return Measurements(
-            cfg=cfg,
-            groups=groups,
-            test_single_y=ys,
-            test_single_strong=strong,
-            single_history={
-                "steps": singles.steps,
-                "alignment": singles.alignment,
-                "loss": singles.loss,
-                "accuracy": singles.accuracy,
-            },
-            lottery=np.asarray(model.lottery_winner(singles.init_params, V)),
-            init_alignment=np.asarray(model.alignment(singles.init_params, V)),
-            memorisation=mem,
-            timing=timing,
-            single_train_logits=np.asarray(single_logits),
-        )
-
-
-def _evaluate(
-    cfg: Config, V: jax.Array, sets: dict[str, tuple[ApplyFn, jax.Array]]
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-    """One pass over the chunked test sets, every model set on every chunk.
-
-    Returns {set name: (errors on the multi-view set (S, n_m), on the single-view set
-    (S, n_s))} plus 'ensemble' (the singles' mean), and y and ℓ̂ of the single-view set.
-    """
-    dtype = jnp.dtype(cfg.train.dtype)
-
-    @jax.jit
-    def errs(x, yy):
-        wrong = lambda lg: ~jax.vmap(lambda l: correct(l, yy))(lg)
-        logits = {n: jax.vmap(f, in_axes=(0, None))(p, x) for n, (f, p) in sets.items()}
-        out = {n: wrong(lg) for n, lg in logits.items()}
-        out["ensemble"] = wrong(logits["single"].mean(0, keepdims=True))
+        out = []
+        for q, c in enumerate(cfgs):
+            errors, ys, strong = evaluated[q]
+            pick = lambda r, q=q: None if r is None else jax.tree.map(lambda a: a[q], r)
+            out.append(_measurements(c, net, V[q], sets_[q], truths[q], single_logits[q],
+                                     pick(singles), pick(students), pick(averages),
+                                     errors, ys, strong, singles.steps, dict(timing)))  # fmt: skip
         return out
 
-    kt_m, kt_s = jax.random.split(stream(cfg, "test"))
-    result: dict[str, list[np.ndarray]] = {}
-    meta_y, meta_s = [], []
-    for key, n, view in ((kt_m, cfg.verify.n_test_multi, "multi"),
-                         (kt_s, cfg.verify.n_test_single, "single")):  # fmt: skip
-        parts: list[dict] = []
-        for b in data.iter_chunks(key, cfg.data, n, V, view, dtype=dtype) if n else ():
-            parts.append({k: np.asarray(v) for k, v in errs(b.x, b.y).items()})
-            if view == "single":
-                meta_y.append(np.asarray(b.y))
-                meta_s.append(np.asarray(b.strong_view))
-        for name in [*sets, "ensemble"]:
-            size = 1 if name == "ensemble" else jax.tree.leaves(sets[name][1])[0].shape[0]
-            arr = (
-                np.concatenate([p[name] for p in parts], 1) if parts else np.zeros((size, 0), bool)
-            )
-            result.setdefault(name, []).append(arr)
-    errors = {name: (v[0], v[1]) for name, v in result.items()}
-    return errors, np.concatenate(meta_y), np.concatenate(meta_s)
+
+def _measurements(cfg, net, V, train_set, truth, single_logits, singles, students, averages,
+                  errors, ys, strong, steps, timing) -> Measurements:  # fmt: skip
+    """One point's :class:`Measurements` from its slice of the batched stages."""
+    n_st = cfg.distill.kd_students
+    ens_acc = float(accuracy(single_logits.mean(0), train_set.y))
+    em, es = errors["single"]
+    groups = {
+        "single": Group("single", em, es, singles.final_accuracy,
+                        _learned(singles.params, V, cfg), singles.stop_step),
+        "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
+    }  # fmt: skip
+    if students is not None:
+        em, es = errors["students"]
+        sv = _learned(students.params, V, cfg)
+        for j, name in enumerate(("kd", "self_distillation", "control")):
+            sl = slice(j * n_st, (j + 1) * n_st)
+            groups[name] = Group(name, em[sl], es[sl], students.final_accuracy[sl],
+                                 sv[sl], np.full(n_st, cfg.distill.kd_T))  # fmt: skip
+    if averages is not None:
+        em, es = errors["average"]
+        groups["training_average"] = Group(
+            "training_average", em, es, averages.final_accuracy,
+            _learned(averages.params, V, cfg).any(1), averages.stop_step,
+        )  # fmt: skip
+    mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
+    return Measurements(
+        cfg=cfg,
+        groups=groups,
+        test_single_y=ys,
+        test_single_strong=strong,
+        single_history={
+            "steps": steps,
+            "alignment": singles.alignment,
+            "loss": singles.loss,
+            "accuracy": singles.accuracy,
+        },
+        lottery=np.asarray(model.lottery_winner(singles.init_params, V)),
+        init_alignment=np.asarray(model.alignment(singles.init_params, V)),
+        memorisation=mem,
+        timing=timing,
+        single_train_logits=np.asarray(single_logits),
+    )
+
+
+def test_key(cfg: Config) -> tuple:
+    """Configs with equal keys draw the same test sets (bit for bit): the test points are
+    all multi-view or all single-view, so the training mixture (μ, N, composition) does
+    not enter them (tests/test_verify.py checks it)."""
+    flat = {
+        **dataclasses.asdict(cfg.data),
+        "seed": cfg.verify.seed,
+        "dtype": cfg.train.dtype,
+        "n_test_multi": cfg.verify.n_test_multi,
+        "n_test_single": cfg.verify.n_test_single,
+    }
+    for f in ("mu", "N", "train_composition"):
+        flat.pop(f)
+    return tuple(sorted((f, repr(v)) for f, v in flat.items()))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=32)
+def _errs_fn(applies: tuple[tuple[str, ApplyFn], ...]) -> Callable:
+    """Jitted: (params {name: (Q, S, ...)}, x (n, P, d), y (n,)) -> {name: (Q, S, n) bool
+    errors}, plus 'ensemble' (Q, 1, n): the mean of each point's singles."""
+
+    def errs(params, x, yy):
+        wrong = lambda lg: ~jax.vmap(jax.vmap(lambda l: correct(l, yy)))(lg)
+        logits = {
+            n: jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, None))(params[n], x)
+            for n, f in applies
+        }
+        out = {n: wrong(lg) for n, lg in logits.items()}
+        out["ensemble"] = wrong(logits["single"].mean(1, keepdims=True))
+        return out
+
+    return jax.jit(errs)
+
+
+def _evaluate_points(
+    cfgs: Sequence[Config], V: jax.Array, sets: dict[str, tuple[ApplyFn, jax.Array]]
+) -> list[tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]]:
+    """One pass over each distinct chunked test set, every model of the points that draw
+    it on every chunk (no test set is held whole).
+
+    V: (Q, k, 2, d); sets: {name: (apply, params (Q, S, ...))}. Returns per point
+    ({set name: (errors on the multi-view set (S, n_m), on the single-view set (S, n_s))}
+    plus 'ensemble', y and ℓ̂ of the single-view set).
+    """
+    fn = _errs_fn(tuple((n, f) for n, (f, _) in sets.items()))
+    groups: dict[tuple, list[int]] = {}
+    for q, c in enumerate(cfgs):
+        groups.setdefault(test_key(c), []).append(q)
+    out: list = [None] * len(cfgs)
+    for qs in groups.values():
+        cfg = cfgs[qs[0]]
+        dtype = jnp.dtype(cfg.train.dtype)
+        idx = np.asarray(qs)
+        params = {n: jax.tree.map(lambda a, i=idx: a[i], p) for n, (_, p) in sets.items()}
+        kt_m, kt_s = jax.random.split(stream(cfg, "test"))
+        result: dict[str, list[np.ndarray]] = {}
+        meta_y, meta_s = [], []
+        for key, n, view in ((kt_m, cfg.verify.n_test_multi, "multi"),
+                             (kt_s, cfg.verify.n_test_single, "single")):  # fmt: skip
+            parts: list[dict] = []
+            for b in data.iter_chunks(key, cfg.data, n, V[qs[0]], view, dtype=dtype) if n else ():
+                parts.append({k: np.asarray(v) for k, v in fn(params, b.x, b.y).items()})
+                if view == "single":
+                    meta_y.append(np.asarray(b.y))
+                    meta_s.append(np.asarray(b.strong_view))
+            for name in [*sets, "ensemble"]:
+                size = 1 if name == "ensemble" else jax.tree.leaves(params[name])[0].shape[1]
+                arr = (np.concatenate([p[name] for p in parts], 2) if parts
+                       else np.zeros((len(qs), size, 0), bool))  # fmt: skip
+                result.setdefault(name, []).append(arr)
+        ys, strong = np.concatenate(meta_y), np.concatenate(meta_s)
+        for i, q in enumerate(qs):
+            errors = {name: (v[0][i], v[1][i]) for name, v in result.items()}
+            out[q] = (errors, ys, strong)
+    return out
 
 
 def _memorisation(cfg, net, singles, train_set, truth, V, views) -> dict[str, Any]:

@@ -110,7 +110,25 @@ def test_cli_rejects_bad_grid_without_touching_the_store(tmp_path: Path, capsys)
     assert rc == 2 and "'mu'" in capsys.readouterr().err
     rc = cli.main(["sweep", "--preset", "tiny", "--store", str(db)])
     assert rc == 2 and "grid" in capsys.readouterr().err
+    rc = cli.main(["sweep", "--preset", "tiny", "--grid", "mu=0.1", "--batch-points", "0",
+                   "--store", str(db)])  # fmt: skip
+    assert rc == 2 and "'--batch-points'" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_points_are_batched_by_what_they_share() -> None:
+    """μ and η points share compiled code and go together (at most n at a time); a P
+    point changes shapes and a stored point missing other claims differs in work."""
+    from mvsim.verify import batch_key
+
+    pts = sweep.build_points("tiny", {}, {"mu": [0.05, 0.1, 0.2], "eta": [0.5, 1.0]})
+    other = sweep.build_points("tiny", {}, {"P": [9]})[0]
+    todo = [(p, ["single"]) for p in pts] + [(other, ["single"]), (pts[0], ["single", "kd"])]
+    got = sweep.batches(todo, 4)
+    assert sorted(len(b) for b in got) == [1, 1, 2, 4]
+    for b in got:
+        assert len({(batch_key(p.cfg), tuple(m)) for p, m in b}) == 1
+    assert sorted(len(b) for b in sweep.batches(todo, 1)) == [1] * 8
 
 
 def test_config_hash_is_canonical() -> None:
@@ -184,6 +202,25 @@ def test_rerun_of_a_finished_sweep_computes_nothing(resumed, capsys) -> None:
     assert cli.main(argv) == 0
     assert "computed 0 points, skipped 3 already stored" in capsys.readouterr().out
     assert len(_rows(db)) == 6
+
+
+def test_batched_sweep_stores_the_numbers_of_the_one_by_one_sweep(resumed, tmp_path) -> None:
+    """The resumed sweep ran its points one by one (the CPU default); the same points
+    vmapped together in one call store the same numbers."""
+    from mvsim.config import parse_set
+
+    db = tmp_path / "b.sqlite"
+    points = sweep.build_points("tiny", parse_set(FIXED), sweep.parse_grid(GRID))
+    s = sweep.run_sweep(points, db, CLAIMS.split(","), batch_points=3, progress=False,
+                        log=lambda _: None)  # fmt: skip
+    assert s.computed == 3 and s.rows == 6
+    q = "SELECT config_hash, claim, error_over_mu, ci_lo, ci_hi, verdict FROM results"
+    with sqlite3.connect(db) as a, sqlite3.connect(resumed[0]) as b:
+        assert sorted(a.execute(q).fetchall()) == sorted(b.execute(q).fetchall())
+        timing = [
+            json.loads(t)["batch_points"] for (t,) in a.execute("SELECT timing_json FROM results")
+        ]
+    assert timing == [3.0] * 6
 
 
 def test_store_schema(resumed) -> None:
@@ -341,6 +378,18 @@ np.testing.assert_array_equal(a.stop_step, b.stop_step)
 np.testing.assert_allclose(np.asarray(a.params), np.asarray(b.params), rtol=1e-5, atol=1e-6)
 np.testing.assert_allclose(a.final_loss, b.final_loss, rtol=1e-5, atol=1e-7)
 np.testing.assert_allclose(a.alignment, b.alignment, rtol=1e-5, atol=1e-6)
+# Four sweep points of two seeds: the point axis is the one split over the devices.
+from mvsim.train import train_points
+stack = lambda a: jax.numpy.stack([a] * 4)
+inits = jax.vmap(jax.vmap(net.init))(jax.random.split(jax.random.key(3), (4, 2)))
+pts = lambda shard: train_points(net, stack(ts.x), stack(ts.y), stack(V), cfg.train, inits,
+                                 etas=[0.5, 1.0, 2.0, 4.0], shard=shard)
+c, e = pts(True), pts(False)
+assert len(c.params.sharding.device_set) == 4, c.params.sharding
+np.testing.assert_array_equal(c.stop_step, e.stop_step)
+# Float32 rounding of batched vs split matmuls, grown over 200 steps at η up to 4: the
+# bound of tests/test_train.py (W_TOL = 2e-4 for 300 steps).
+np.testing.assert_allclose(np.asarray(c.params), np.asarray(e.params), rtol=0, atol=2e-4)
 diff = float(np.abs(np.asarray(a.params) - np.asarray(b.params)).max())
 print("sharded", a.params.sharding, "max |diff|", diff)
 """

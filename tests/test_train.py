@@ -25,6 +25,7 @@ from mvsim.train import (
     log_steps,
     precision,
     train,
+    train_points,
 )
 
 # NB: ``mvsim.train`` the attribute is the function (re-exported by mvsim/__init__), so the
@@ -335,3 +336,50 @@ def test_accuracy_is_exactly_one_when_every_point_is_right():
         assert float(accuracy(logits, y)) == 1.0
         assert float(jitted(logits, y)) == 1.0
         assert float(accuracy(logits, y.at[0].set(1))) == pytest.approx((n - 1) / n, rel=1e-6)
+
+
+# --- several points in one call --------------------------------------------------------------
+
+
+def test_points_trained_together_equal_each_point_alone():
+    """train_points on Q = 3 points (own data, labels, views and η each) gives every point
+    what it gets alone: same stop steps, weights within W_TOL, same history."""
+    cfg, V, x, y, net, tc = setup()
+    xs = jnp.stack([x, x * 0.9, x * 1.1])
+    ys = jnp.stack([y, y, y])
+    Vs = jnp.stack([V, V, V])
+    etas = [tc.eta, tc.eta, tc.eta * 0.5]
+    inits = jnp.stack([main_run().init_params] * 3)
+    both = train_points(net, xs, ys, Vs, tc, inits, etas=etas)
+    assert both.params.shape[:2] == (3, S) and both.loss.shape[:2] == (3, S)
+    # A test of the ragged compaction only if points and seeds stop at different steps.
+    assert len({tuple(r) for r in both.stop_step.tolist()}) == 3, both.stop_step
+    assert (both.stop_step < T_MAIN).any() and (both.stop_step == T_MAIN).any(), both.stop_step
+    for q in range(3):
+        one = train(None, net, xs[q], ys[q], V, dataclasses.replace(tc, eta=etas[q]),
+                    init_params=inits[q])  # fmt: skip
+        np.testing.assert_array_equal(one.stop_step, both.stop_step[q])
+        np.testing.assert_allclose(np.asarray(one.params), np.asarray(both.params[q]),
+                                   rtol=0, atol=W_TOL)  # fmt: skip
+        np.testing.assert_array_equal(one.steps, both.steps[: one.steps.size])
+        np.testing.assert_array_equal(
+            np.isnan(one.loss), np.isnan(both.loss[q][:, : one.steps.size])
+        )
+        np.testing.assert_allclose(one.final_accuracy, both.final_accuracy[q])
+
+
+def test_points_need_one_leading_axis():
+    cfg, V, x, y, net, tc = setup()
+    inits = jax.vmap(jax.vmap(net.init))(jax.random.split(jax.random.PRNGKey(5), (2, S)))
+    with pytest.raises(ValueError, match="leading axis of Q = 2"):
+        train_points(net, x[None], y[None], V[None], tc, inits)
+
+
+def test_divergence_names_the_point():
+    cfg, V, x, y, net, tc = setup()
+    r = main_run()
+    W = jnp.stack([r.init_params[1:2], r.init_params[1:2]])  # (2 points, 1 seed)
+    tcd = dataclasses.replace(tc, stop="none", T=20)
+    with pytest.raises(DivergenceError, match="step 1 of seed 0 of point 1"):
+        train_points(net, jnp.stack([x, x * 1e20]), jnp.stack([y, y]), jnp.stack([V, V]),
+                     tcd, W)  # fmt: skip

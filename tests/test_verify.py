@@ -167,3 +167,68 @@ def test_report_carries_the_mechanism_figures_data(report):
     assert (unl["n_points"] if unl else 0) == (~learned).sum()
     figs = {p.stem for p in (out / "figures").iterdir()}
     assert {"alignment_phases", "lottery", "memorisation", "self_distillation_views"} <= figs
+
+
+# --- several configs through one batched pipeline --------------------------------------------
+
+_SMALL = {"T": 300, "kd_T": 100, "n_test_multi": 2000, "n_test_single": 2000, "seeds": 3,
+          "kd_students": 2}  # fmt: skip
+
+
+def test_run_many_gives_each_point_what_run_gives_it():
+    """Three points differing in μ, σ_0 and η through every stage at once: every model's
+    errors on every test point, the stop steps and the learned views are those of the
+    point run alone."""
+    from mvsim import verify
+    from mvsim.config import make_config
+
+    cfgs = [
+        make_config("tiny", {**_SMALL, "mu": 0.05}),
+        make_config("tiny", {**_SMALL, "mu": 0.2, "sigma_0": 0.05}),
+        make_config("tiny", {**_SMALL, "mu": 0.1, "eta": 0.5}),
+    ]
+    assert len({verify.batch_key(c) for c in cfgs}) == 1
+    together = verify.run_many(cfgs, progress=False)
+    for c, m in zip(cfgs, together, strict=True):
+        alone = verify.run(c, progress=False)
+        assert m.cfg == c and m.timing["batch_points"] == 3
+        assert set(m.groups) == set(alone.groups)
+        for name, g in alone.groups.items():
+            h = m.groups[name]
+            np.testing.assert_array_equal(h.errors_multi, g.errors_multi, err_msg=name)
+            np.testing.assert_array_equal(h.errors_single, g.errors_single, err_msg=name)
+            for attr in ("steps", "views"):
+                if getattr(g, attr) is not None:
+                    np.testing.assert_array_equal(getattr(h, attr), getattr(g, attr))
+        np.testing.assert_array_equal(m.test_single_y, alone.test_single_y)
+        np.testing.assert_array_equal(m.lottery, alone.lottery)
+    wrong = [int(m.groups["single"].errors_single.sum()) for m in together]
+    assert len(set(wrong)) == 3, wrong  # the points did differ
+
+
+def test_test_sets_do_not_depend_on_the_training_mixture():
+    """run_many draws one test set for points that differ only in μ, N or the training
+    composition (verify.test_key): this is the fact that makes that exact."""
+    import jax
+
+    from mvsim import data, verify
+    from mvsim.config import make_config
+
+    a = make_config("tiny", {"mu": 0.05})
+    b = make_config("tiny", {"mu": 0.3, "N": 300, "train_composition": "iid"})
+    c = make_config("tiny", {"mu": 0.05, "rho": (0.01, 0.02)})
+    assert verify.test_key(a) == verify.test_key(b) != verify.test_key(c)
+    V = data.features(jax.random.key(0), a.data.d, a.data.k)
+    for view in ("multi", "single"):
+        xa = next(data.iter_chunks(jax.random.key(1), a.data, 512, V, view))
+        xb = next(data.iter_chunks(jax.random.key(1), b.data, 512, V, view))
+        for u, v in zip(xa, xb, strict=True):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_run_many_rejects_configs_that_cannot_share_a_call():
+    from mvsim import verify
+    from mvsim.config import make_config
+
+    with pytest.raises(ValueError, match=r"differ in \['P'\]"):
+        verify.run_many([make_config("tiny"), make_config("tiny", {"P": 9})])
