@@ -321,14 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mvsim`` console script; returns the exit status (2 on a
-    config error, printed as ``mvsim: error: ...``)."""
+    config error or an unreadable store, printed as ``mvsim: error: ...``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse would reject the benchmark's own options
         return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
+    from mvsim.store import StoreError
+
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, StoreError) as e:
         print(f"mvsim: error: {e}", file=sys.stderr)
         return 2
 

@@ -78,11 +78,31 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
 
 
+class StoreError(ValueError):
+    """The file is not a store this mvsim can read (not SQLite, another schema)."""
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) a store. Autocommit mode: transactions are explicit."""
+    """Open (creating if needed) a store. Autocommit mode: transactions are explicit.
+
+    Raises StoreError for a file that is not SQLite, or a store of another schema (an
+    older mvsim's): its version, or the columns it lacks, are named.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+    try:
+        _open(conn, path)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"{path}: not an mvsim store ({e})") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def _open(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     cols = ",\n  ".join(f"{name} {tp}" for name, tp in COLUMNS.items())
@@ -98,9 +118,17 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if int(version) != SCHEMA_VERSION:
-        conn.close()
-        raise ValueError(f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}")
-    return conn
+        raise StoreError(
+            f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}; "
+            "write to a new --store (or export the old one with the mvsim that wrote it)"
+        )
+    have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+    missing = [c for c in COLUMNS if c not in have]
+    if missing:
+        raise StoreError(
+            f"{path}: its results table lacks columns {missing} (an older mvsim wrote it); "
+            "write to a new --store"
+        )
 
 
 def stored_claims(conn: sqlite3.Connection) -> dict[str, set[str]]:

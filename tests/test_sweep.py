@@ -270,6 +270,26 @@ def test_exports_round_trip(resumed, tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "r.parquet"), df)
 
 
+def test_unreadable_stores_are_clear_errors(tmp_path: Path, capsys) -> None:
+    """Not SQLite, another schema version, or a results table without today's columns:
+    `mvsim sweep` and `mvsim results` say which, with no traceback."""
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database " * 100)
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as c:
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        c.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    narrow = tmp_path / "narrow.sqlite"
+    with sqlite3.connect(narrow) as c:
+        c.execute("CREATE TABLE results (config_hash TEXT, claim TEXT)")
+    for db, says in ((junk, "not an mvsim store"), (old, "store schema 0"),
+                     (narrow, "lacks columns")):  # fmt: skip
+        sweep_argv = ["sweep", "--preset", "tiny", "--grid", "mu=0.1", "--store", str(db)]
+        for argv in (["results", str(db)], sweep_argv):
+            assert cli.main(argv) == 2, (db, argv)
+            assert says in capsys.readouterr().err, (db, argv)
+
+
 def test_parquet_without_pyarrow_says_how_to_install(resumed, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
     assert cli.main(["results", str(resumed[0]), "--parquet", "x.parquet"]) == 2
