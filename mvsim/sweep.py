@@ -250,8 +250,9 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
 def default_batch_points() -> int:
     """How many same-shape points :func:`run_sweep` trains in one call by default: 1 on
     CPU, where one point's seeds already keep the cores busy at the demo's sizes and
-    three points together ran 15% slower per model (benchmarks/RESULTS.md), and 16 on an
-    accelerator, which one point's few small models leave mostly idle."""
+    three points together ran 15% slower per model-step (benchmarks/RESULTS.md), and 16
+    on an accelerator, which one point's few small models leave mostly idle (a guess:
+    not yet measured on a GPU). ``--batch-points`` overrides it."""
     import jax
 
     return 1 if jax.default_backend() == "cpu" else 16

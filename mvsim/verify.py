@@ -147,7 +147,7 @@ def run_many(
     all Q points × their seeds in one compiled call (:func:`mvsim.train.train_points`),
     and points whose test sets are the same draw (μ and N do not enter it) are evaluated
     on one pass over it. Point i's numbers are those of ``run(cfgs[i])``; the timing of
-    each stage is the whole batch's, with ``batch_points`` = Q.
+    each stage is the whole batch's, with ``batch_points`` = Q when Q > 1.
 
     Raises ValueError (before any compute) for an unknown claim or configs that cannot
     share a call.
@@ -164,7 +164,8 @@ def run_many(
         diff = sorted(f for f in a if a[f] != b.get(f))
         raise ValueError(f"run_many: the configs differ in {diff}, which cannot be batched")
     needs = set().union(*(NEEDS[c] for c in (claims or NEEDS)))
-    timing: dict[str, float] = {"batch_points": float(len(cfgs))}
+    # A batch's stage times are shared by its points; batch_points says how many shared them.
+    timing: dict[str, float] = {"batch_points": float(len(cfgs))} if len(cfgs) > 1 else {}
     cfg0 = cfgs[0]
     D0, M0, Tc, KD = cfg0.data, cfg0.model, cfg0.train, cfg0.distill
     K, n_st = cfg0.verify.seeds, KD.kd_students

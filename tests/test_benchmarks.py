@@ -137,3 +137,20 @@ def test_gpu_script_runs_quick_on_cpu(tmp_path: Path) -> None:
     prec = rep["precision"]
     assert prec["base"] == "highest" and prec["other"] == "tensorfloat32"
     assert isinstance(prec["verdicts_unchanged"], bool)
+
+
+def test_sweep_batching_benchmark_agrees_across_modes(tmp_path: Path) -> None:
+    """The batched and one-by-one modes of benchmarks.sweep_batching store the same numbers
+    (its exit status says so) and the report has each mode's time and the ratio."""
+    out = tmp_path / "sb.json"
+    fixed = ["T=100", "seeds=2", "kd_students=2", "n_test_multi=500", "n_test_single=500"]
+    cmd = [sys.executable, "-m", "benchmarks.sweep_batching", "--axis", "mu=0.05,0.2",
+           "--modes", "batched,reused", "--out", str(out)]  # fmt: skip
+    for s in fixed:
+        cmd += ["--set", s]
+    rep = _report(cmd, out, ROOT, timeout=600)
+    assert rep["same_numbers"] is True
+    assert _is_num(rep["batched"]["total_s"]) and _is_num(rep["reused"]["total_s"])
+    assert len(rep["reused"]["per_call_s"]) == 2 and len(rep["batched"]["per_call_s"]) == 1
+    assert rep["batched"]["stages_s"][0]["batch_points"] == 2
+    assert _is_num(rep["speedup_batched_over_reused"]) and "fresh" not in rep
