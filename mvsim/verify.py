@@ -170,6 +170,7 @@ def run_many(
     D0, M0, Tc, KD = cfg0.data, cfg0.model, cfg0.train, cfg0.distill
     K, n_st = cfg0.verify.seeds, KD.kd_students
     etas = np.array([c.train.eta for c in cfgs])
+    pts = f"{len(cfgs)} points × " if len(cfgs) > 1 else ""  # for the progress bars
     with precision(Tc.dtype, Tc.matmul_precision):
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
@@ -196,7 +197,7 @@ def run_many(
             for c in cfgs
         ])  # fmt: skip
         singles = train_points(net, x, y, V, Tc, inits, etas=etas, progress=progress,
-                               desc=f"{len(cfgs)}×{K} single models")  # fmt: skip
+                               desc=f"{pts}{K} single models")  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
         single_logits = jax.vmap(_train_logits, in_axes=(None, 0, 0))(net.apply, singles.params, x)
         sets: dict[str, tuple[ApplyFn, jax.Array]] = {"single": (net.apply, singles.params)}
@@ -211,7 +212,7 @@ def run_many(
             students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
                                     objective=distill.objective(KD), teacher_logits=teachers,
                                     T=KD.kd_T, stop="none", progress=progress,
-                                    desc=f"{len(cfgs)}×{3 * n_st} distilled students")  # fmt: skip
+                                    desc=f"{pts}{3 * n_st} distilled students")  # fmt: skip
             sets["students"] = (net.apply, students.params)
             timing["train_students"] = time.perf_counter() - t
 
