@@ -34,7 +34,8 @@ class DivergenceError(FloatingPointError):
 
 
 class TrainResult(NamedTuple):
-    """Outcome of :func:`train` for S seeds (numpy arrays, except the params)."""
+    """Outcome of :func:`train` for S seeds (numpy arrays, except the params); from
+    :func:`train_points` every array but ``steps`` has a leading (Q, S) instead of (S,)."""
 
     params: Params  # (S, ...) final weights
     init_params: Params  # (S, ...) initial weights
@@ -45,6 +46,12 @@ class TrainResult(NamedTuple):
     stop_step: np.ndarray  # (S,) number of GD steps each seed took
     final_loss: np.ndarray  # (S,)
     final_accuracy: np.ndarray  # (S,)
+
+    def point(self, q: int) -> TrainResult:
+        """Point q of a :func:`train_points` result (arrays (Q, S, ...)): a result of S
+        seeds, as :func:`train` returns."""
+        take = lambda a: jax.tree.map(lambda b: b[q], a)
+        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f != "steps"})
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array, teacher: jax.Array | None = None) -> jax.Array:
@@ -260,9 +267,7 @@ def train(
             etas=[cfg.eta], objective=objective, teacher_logits=add(teacher_logits),
             T=T, stop=stop, progress=progress, desc=desc, shard=shard,
         )  # fmt: skip
-    first = lambda a: a[0]
-    return res._replace(**{f: jax.tree.map(first, getattr(res, f))
-                           for f in res._fields if f != "steps"})  # fmt: skip
+    return res.point(0)
 
 
 def train_points(

@@ -238,7 +238,7 @@ def run_many(
         out = []
         for q, c in enumerate(cfgs):
             errors, ys, strong = evaluated[q]
-            pick = lambda r, q=q: None if r is None else jax.tree.map(lambda a: a[q], r)
+            pick = lambda r, q=q: None if r is None else r.point(q)
             out.append(_measurements(c, net, V[q], sets_[q], truths[q], single_logits[q],
                                      pick(singles), pick(students), pick(averages),
                                      errors, ys, strong, singles.steps, dict(timing)))  # fmt: skip
