@@ -286,15 +286,22 @@ def sample(
 
 
 def training_set(
-    key: jax.Array, cfg: DataConfig, V: jax.Array, dtype: jnp.dtype = jnp.float32
-) -> Batch:
+    key: jax.Array,
+    cfg: DataConfig,
+    V: jax.Array,
+    dtype: jnp.dtype = jnp.float32,
+    *,
+    ground_truth: bool = False,
+) -> Batch | tuple[Batch, GroundTruth]:
     """The training set Z: N samples, composed as ``cfg.train_composition`` says.
 
-    Returns a :class:`Batch` with x (N, P, d), y (N,), single_view (N,), strong_view (N,).
-    ``mvsim verify`` draws it with the key ``verify.stream(cfg, "data")`` and V from
-    ``verify.stream(cfg, "features")``.
+    Returns a :class:`Batch` with x (N, P, d), y (N,), single_view (N,), strong_view (N,),
+    and its :class:`GroundTruth` too if ``ground_truth``. ``mvsim verify`` draws it with
+    the key ``verify.stream(cfg, "data")`` and V from ``verify.stream(cfg, "features")``.
     """
-    return sample(key, cfg, cfg.N, V, stratified=cfg.train_composition == "stratified", dtype=dtype)
+    stratified = cfg.train_composition == "stratified"
+    return sample(key, cfg, cfg.N, V, stratified=stratified, ground_truth=ground_truth,
+                  dtype=dtype)  # fmt: skip
 
 
 def iter_chunks(

@@ -177,11 +177,7 @@ def run_many(
         Vs, sets_, truths = [], [], []
         for c in cfgs:
             V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
-            ts, truth = data.sample(
-                stream(c, "data"), c.data, c.data.N, V,
-                stratified=c.data.train_composition == "stratified",
-                ground_truth=True, dtype=dtype,
-            )  # fmt: skip
+            ts, truth = data.training_set(stream(c, "data"), c.data, V, dtype, ground_truth=True)
             Vs.append(V), sets_.append(ts), truths.append(truth)
         V = jnp.stack(Vs)
         x = jnp.stack([s.x for s in sets_])

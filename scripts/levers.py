@@ -60,8 +60,7 @@ def run_lever(name: str, overrides: dict, seeds: int, base: str, T: int | None =
     with precision(Tc.dtype):
         dtype = jnp.dtype(Tc.dtype)
         V = data.features(stream(cfg, "features"), D.d, D.k, dtype)
-        ts = data.sample(stream(cfg, "data"), D, D.N, V,
-                         stratified=D.train_composition == "stratified", dtype=dtype)  # fmt: skip
+        ts = data.training_set(stream(cfg, "data"), D, V, dtype)
         net = model.network(M, D.k, D.d, dtype)
         res = train(stream(cfg, "init"), net, ts.x, ts.y, V, Tc, seeds=seeds)
         lam = model.view_strength(res.params, V)

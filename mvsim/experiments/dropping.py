@@ -99,8 +99,7 @@ def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
         V = data.features(stream(cfg, "features"), D.d, D.k, dtype)
-        ts = data.sample(stream(cfg, "data"), D, D.N, V,
-                         stratified=D.train_composition == "stratified", dtype=dtype)  # fmt: skip
+        ts = data.training_set(stream(cfg, "data"), D, V, dtype)
         net = model.network(M, D.k, D.d, dtype)
         singles = train(stream(cfg, "init"), net, ts.x, ts.y, V, Tc, seeds=K, progress=progress,
                         desc=f"{K} single models")  # fmt: skip
