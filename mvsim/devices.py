@@ -42,29 +42,24 @@ def shard_seeds(tree, enabled: bool = True):
     Returns ``tree`` unchanged when disabled, with one device, or when the leading axis
     does not divide evenly by the device count (see the module docstring).
     """
-    mesh = seed_mesh() if enabled else None
-    leaves = jax.tree.leaves(tree)
-    if mesh is None or not leaves:
-        return tree
-    n = mesh.devices.size
-    if any(np.ndim(a) == 0 or np.shape(a)[0] % n for a in leaves):
-        return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(AXIS)))
+    return shard_axis(tree, 0) if _splits(tree, 0, enabled) else tree
 
 
 def model_axis(state, enabled: bool = True) -> int | None:
     """Which leading axis of a (points, seeds, ...) pytree to split over the local
     devices: 0 when the point count divides evenly by the device count, else 1 when the
     seed count does, else None (one device, or no even split: see the module docstring)."""
+    return next((axis for axis in (0, 1) if _splits(state, axis, enabled)), None)
+
+
+def _splits(tree, axis: int, enabled: bool) -> bool:
+    """Whether ``axis`` of every leaf divides evenly over several local devices."""
     mesh = seed_mesh() if enabled else None
-    leaves = jax.tree.leaves(state)
+    leaves = jax.tree.leaves(tree)
     if mesh is None or not leaves:
-        return None
+        return False
     n = mesh.devices.size
-    for axis in (0, 1):
-        if all(np.ndim(a) > axis and np.shape(a)[axis] % n == 0 for a in leaves):
-            return axis
-    return None
+    return all(np.ndim(a) > axis and np.shape(a)[axis] % n == 0 for a in leaves)
 
 
 def shard_axis(tree, axis: int):

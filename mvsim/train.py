@@ -215,6 +215,12 @@ def _chunk_fn(
     return jax.jit(one_point)
 
 
+def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
+    """(seeds, ...) initial params of ``net``, one per key of ``jax.random.split(key, seeds)``
+    (what :func:`train` draws from ``key``)."""
+    return jax.vmap(net.init)(jax.random.split(key, seeds))
+
+
 def train(
     key: jax.Array | None,
     net: Network,
@@ -260,7 +266,7 @@ def train(
         if init_params is None:
             if seeds is None or key is None:
                 raise ValueError("train needs `key` and `seeds`, or `init_params`")
-            init_params = jax.vmap(net.init)(jax.random.split(key, seeds))
+            init_params = init_seeds(net, key, seeds)
         add = lambda a: None if a is None else jnp.asarray(a)[None]
         res = train_points(
             net, add(x), add(y), add(V), cfg, jax.tree.map(add, init_params),
@@ -353,9 +359,12 @@ def train_points(
         si = np.tile(np.arange(S), (Q, 1))  # (Q', S') their seeds
 
         def place(s: _State, qi: np.ndarray, si: np.ndarray) -> tuple:
-            """The models (points qi, seeds si) and their data, on the devices."""
+            """The models (points qi, seeds si) and their data, on the devices. While
+            every point runs, qi is all of them in order, and the data is not copied."""
+            rows = (lambda a: a) if len(qi) == Q else (lambda a: a[qi])
             teachers = _take(teacher_logits, teacher_axis, qi, si)
-            return _place(s, (x[qi], y[qi], V[qi], eta[qi]), teachers, teacher_axis, shard)
+            point_data = (rows(x), rows(y), rows(V), rows(eta))
+            return _place(s, point_data, teachers, teacher_axis, shard)
 
         sub, p_data, p_teacher = place(state, qi, si)
         full = sub
@@ -401,8 +410,7 @@ def train_points(
             tl = jnp.broadcast_to(teacher_logits[:, None], final_logits.shape)
         else:
             tl = teacher_logits
-        loss_fn = lambda lg, yy, t: objective(lg, yy, t)
-        per_seed = jax.vmap(loss_fn, in_axes=(0, None, None if tl is None else 0))
+        per_seed = jax.vmap(objective, in_axes=(0, None, None if tl is None else 0))
         final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(
             final_logits, y, tl
         )

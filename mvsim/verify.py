@@ -34,7 +34,7 @@ import numpy as np
 from mvsim import data, distill, mechanism, model
 from mvsim.config import FIELD_SECTION, Config
 from mvsim.model import ApplyFn
-from mvsim.train import accuracy, correct, precision, train_points
+from mvsim.train import accuracy, correct, init_seeds, precision, train_points
 
 STREAMS = {"data": 0, "init": 1, "test": 2, "average": 3, "features": 4}
 
@@ -187,11 +187,8 @@ def run_many(
 
         t = time.perf_counter()
         # Each point's inits from its own stream and σ_0 (the apply is the same for all).
-        inits = jnp.stack([
-            jax.vmap(model.network(c.model, D0.k, D0.d, dtype).init)(
-                jax.random.split(stream(c, "init"), K))
-            for c in cfgs
-        ])  # fmt: skip
+        inits = jnp.stack([init_seeds(model.network(c.model, D0.k, D0.d, dtype),
+                                      stream(c, "init"), K) for c in cfgs])  # fmt: skip
         singles = train_points(net, x, y, V, Tc, inits, etas=etas, progress=progress,
                                desc=f"{pts}{K} single models")  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
@@ -217,8 +214,8 @@ def run_many(
             avg_net = model.averaged(M0, D0.k, D0.d, KD.avg_members, dtype)
             mult = KD.avg_members if KD.avg_eta_mult is None else KD.avg_eta_mult
             avg_inits = jnp.stack([
-                jax.vmap(model.averaged(c.model, D0.k, D0.d, KD.avg_members, dtype).init)(
-                    jax.random.split(stream(c, "average"), KD.avg_seeds))
+                init_seeds(model.averaged(c.model, D0.k, D0.d, KD.avg_members, dtype),
+                           stream(c, "average"), KD.avg_seeds)
                 for c in cfgs
             ])  # fmt: skip
             averages = train_points(avg_net, x, y, V, Tc, avg_inits, etas=etas * mult,
