@@ -575,6 +575,7 @@ def trainer_chunk(net: Any, tcfg: Any, n_steps: int, teacher_axis: int | None = 
             jnp.zeros(S, jnp.int32),
             jnp.zeros(S, bool),
             jnp.full(S, T, jnp.int32),
+            jnp.zeros(S, params.dtype),
         )
 
     return jax.jit(chunk_fn), init_state
@@ -769,7 +770,8 @@ def sec_efficiency(s: Settings, peak: dict[str, Any], clock: Clock) -> dict[str,
 
 
 def train_path(net, tcfg, x, y, V, S: int, step_est: float, s: Settings, clock: Clock):
-    """``mvsim.train.train`` itself (stop='none'): per-step cost from two step budgets,
+    """``mvsim.train.train`` itself with fixed-η GD (stop='none'; the GD step is what this
+    section times, the flow is benchmarks/flow.py's): per-step cost from two step budgets,
     (t_long − t_short) / extra steps, so the compile each call pays cancels; the per-call
     overhead (mostly that compile: train jits a fresh closure per call) is reported too."""
     import dataclasses as dc
@@ -779,7 +781,7 @@ def train_path(net, tcfg, x, y, V, S: int, step_est: float, s: Settings, clock: 
     from mvsim.train import train
 
     C = s.steps * (2 if s.quick else 5)
-    tc = dc.replace(tcfg, chunk=C, stop="none", n_log=2)
+    tc = dc.replace(tcfg, chunk=C, stop="none", n_log=2, integrator="gd")
     extra_chunks = max(1, math.ceil((0.2 if s.quick else 3.0) / max(step_est * C, 1e-9)))
     if clock.left() < 4 * (1 + extra_chunks) * C * step_est + 10:
         return {"skipped": "time budget"}

@@ -119,7 +119,9 @@ def _per_model(claim: Claim, g: Group, mu: float) -> tuple[list[dict], list[Verd
         if g.views is not None:
             row["classes_with_views"] = np.bincount(g.views[s].sum(-1), minlength=3).tolist()
         if g.steps is not None:
-            row["steps"] = int(g.steps[s])
+            row["steps"] = int(round(float(g.steps[s])))
+        if g.grad_evals is not None:
+            row["grad_evals"] = int(g.grad_evals[s])
         rows.append(row)
     return rows, verdicts
 

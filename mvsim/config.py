@@ -218,21 +218,46 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Full-batch gradient descent on the softmax cross-entropy."""
+    """Full-batch training on the softmax cross-entropy: fixed-η gradient descent, or the
+    gradient flow it approximates, integrated adaptively (:mod:`mvsim.flow`)."""
 
     eta: float = 20 / 3
     """Learning rate η. Paper: ≤ 1/poly(k). At finite k GD is already at its flow limit
-    with η/k ≈ 0.67ϱ (halving η changed nothing); larger η/k lets a view jump past ϱ."""
+    with η/k ≈ 0.67ϱ (halving η changed nothing); larger η/k lets a view jump past ϱ.
+    Under the flow, η maps GD steps to flow time: step s is time s·η."""
     T: int = 10_000
-    """Maximum number of GD steps. Paper: poly(k)/η. Must cover the slowest class and the
-    memorisation of the last single-view points (at demo: 2.5k–10k+ steps per seed)."""
+    """Maximum number of GD steps (the flow: flow time T·η). Paper: poly(k)/η. Must cover
+    the slowest class and the memorisation of the last single-view points (at demo:
+    2.5k–10k+ steps per seed)."""
+    integrator: Literal["flow", "gd"] = "flow"
+    """'flow': the gradient flow dW/dt = −∇L with an adaptive solver (diffrax), which
+    follows GD's path at ~10× fewer gradient evaluations (README, benchmarks); 'gd':
+    fixed-η GD, the reference the flow is tested against."""
+    flow_solver: Literal["heun", "bosh3", "tsit5"] = "heun"
+    """Explicit Runge–Kutta solver of the flow. Its tolerance is set per solver by the
+    path tests: a higher order at the same nominal rtol is not the same accuracy (Bosh3 at
+    rtol 1 changed a seed's views in the prototype)."""
+    flow_rtol: float = 1.0
+    """Relative tolerance of the flow's step-size control (max norm over the weights).
+    Chosen by the path tests (tests/test_flow.py, benchmarks flow): at 1.0 and at 0.5
+    the demo's singles learn the views that GD learns from the same inits."""
+    flow_atol: float = 1e-3
+    """Absolute tolerance of the flow, in units of each model's initial weights' RMS
+    (σ_0 for the patch CNN)."""
+    flow_max_steps: int = 100_000
+    """Solver steps allowed per recorded interval; hitting it stops the run as diverged."""
     chunk: int = 250
-    """Steps per compiled ``lax.scan`` chunk; early stopping is checked between chunks."""
-    stop: Literal["accuracy", "loss", "none"] = "accuracy"
-    """Per-seed early stop: at perfect training accuracy, at training loss < loss_tol, or
+    """GD steps per compiled ``lax.scan`` chunk; early stopping is checked between chunks."""
+    stop: Literal["accuracy", "loss", "converged", "none"] = "accuracy"
+    """Per-seed early stop: at perfect training accuracy, at training loss < loss_tol, at
+    'converged' (the training set fitted and the objective changed by less than
+    ``converge_tol`` over the last doubling of time, checked at the recorded steps), or
     never (run T steps). A stopped seed's weights are frozen."""
     loss_tol: float = 1e-3
     """Loss threshold for ``stop = 'loss'``."""
+    converge_tol: float = 1e-3
+    """Objective change (nats) over a doubling of time under which ``stop = 'converged'``
+    takes a model as at its limit."""
     dtype: Literal["float32", "float64"] = "float32"
     """Floating point precision of data and weights."""
     matmul_precision: Literal["highest", "tensorfloat32", "default"] = "highest"
@@ -253,9 +278,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _real("eta", self.eta, 0.0, lo_open=True)
         _int("T", self.T, 1)
+        _choice("integrator", self.integrator, ("flow", "gd"))
+        _choice("flow_solver", self.flow_solver, ("heun", "bosh3", "tsit5"))
+        _real("flow_rtol", self.flow_rtol, 0.0, lo_open=True)
+        _real("flow_atol", self.flow_atol, 0.0, lo_open=True)
+        _int("flow_max_steps", self.flow_max_steps, 1)
         _int("chunk", self.chunk, 1)
-        _choice("stop", self.stop, ("accuracy", "loss", "none"))
+        _choice("stop", self.stop, ("accuracy", "loss", "converged", "none"))
         _real("loss_tol", self.loss_tol, 0.0)
+        _real("converge_tol", self.converge_tol, 0.0, lo_open=True)
         _choice("dtype", self.dtype, ("float32", "float64"))
         _choice("matmul_precision", self.matmul_precision, ("highest", "tensorfloat32", "default"))
         _int("n_log", self.n_log, 2)
@@ -283,8 +314,13 @@ class DistillConfig:
     kd_alpha: float = 0.5
     """Weight α of the hard-label CE in the Hinton objective."""
     kd_T: int = 2000
-    """GD steps for distilled students (no early stop: the paper's statement is about
-    most iterations of a run, not a stopping time)."""
+    """GD steps for distilled students (the flow: flow time kd_T·η): their budget with
+    ``kd_stop = 'none'``, their cap with 'converged'."""
+    kd_stop: Literal["converged", "none"] = "converged"
+    """'converged': a student trains to its limit, until it fits the training set and its
+    objective changes by less than ``converge_tol`` over a doubling of time (or kd_T);
+    'none': exactly kd_T steps (the paper's statement is about most iterations of a run,
+    which a fixed budget samples)."""
     kd_students: int = 3
     """Students per distillation claim. Student j starts from single model j's init, so
     its own lottery is known; its control is taught by single j itself."""
@@ -308,6 +344,7 @@ class DistillConfig:
         _real("kd_alpha", self.kd_alpha, 0.0, 1.0)
         _real("kd_hinton_tau", self.kd_hinton_tau, 0.0, lo_open=True)
         _int("kd_T", self.kd_T, 1)
+        _choice("kd_stop", self.kd_stop, ("converged", "none"))
         _int("kd_students", self.kd_students, 1)
         _int("avg_members", self.avg_members, 1)
         _int("avg_seeds", self.avg_seeds, 1)

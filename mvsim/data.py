@@ -277,11 +277,18 @@ def sample(
         raise ValueError(f"view = {view!r}: must be 'mixed', 'multi' or 'single'")
     if n < 1:
         raise ValueError(f"n = {n}: must be ≥ 1")
-    if cfg.family == "gaussian":  # one mixture: `view` has nothing to select
-        batch, truth = _sample_gaussian(key, V, cfg, n, stratified, jnp.dtype(dtype))
-        return (batch, truth) if ground_truth else batch
-    static, sc = _scalars(cfg, n, view)
-    batch, truth = _sample(key, V, sc, static, n, view, stratified, jnp.dtype(dtype))
+    f32 = jnp.dtype(jnp.float32)
+    # Drawn in float32 whatever `dtype` is, then cast: under float64 JAX's samplers would
+    # draw other numbers from the same key, and a float64 run would be another experiment.
+    with jax.enable_x64(False):
+        V32 = jnp.asarray(V).astype(f32)
+        if cfg.family == "gaussian":  # one mixture: `view` has nothing to select
+            batch, truth = _sample_gaussian(key, V32, cfg, n, stratified, f32)
+        else:
+            static, sc = _scalars(cfg, n, view)
+            batch, truth = _sample(key, V32, sc, static, n, view, stratified, f32)
+    cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    batch, truth = jax.tree.map(cast, (batch, truth))
     return (batch, truth) if ground_truth else batch
 
 

@@ -56,8 +56,10 @@ class Network(NamedTuple):
 
 
 def init_weights(key: jax.Array, cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Params:
-    """W^{(0)} with i.i.d. N(0, σ_0²) entries, shape (k, m, d)."""
-    return (cfg.sigma_0 * jax.random.normal(key, (k, cfg.m, d))).astype(dtype)
+    """W^{(0)} with i.i.d. N(0, σ_0²) entries, shape (k, m, d). Drawn in float32 and cast,
+    so that ``dtype`` changes the precision of a run, not its random draw."""
+    draw = jax.random.normal(key, (k, cfg.m, d), dtype=jnp.float32)
+    return (cfg.sigma_0 * draw).astype(dtype)
 
 
 def apply(W: Params, x: jax.Array, q: int, varrho: float) -> jax.Array:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mvsim import devices
+from mvsim import devices, flow
 from mvsim.config import TrainConfig
 from mvsim.model import ApplyFn, Network, Params, alignment
 
@@ -43,7 +43,8 @@ class TrainResult(NamedTuple):
     loss: np.ndarray  # (S, L) training loss at each recorded step (NaN after a seed stopped)
     accuracy: np.ndarray  # (S, L) training accuracy (strict margin)
     alignment: np.ndarray  # (S, L, ..., k, 2) max_r ⟨w_{i,r}, v_{i,ℓ}⟩
-    stop_step: np.ndarray  # (S,) number of GD steps each seed took
+    stop_step: np.ndarray  # (S,) GD steps (flow: GD-equivalent steps t/η) each seed took
+    grad_evals: np.ndarray  # (S,) gradient evaluations it cost (GD: one a step)
     final_loss: np.ndarray  # (S,)
     final_accuracy: np.ndarray  # (S,)
 
@@ -76,6 +77,14 @@ def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
     fy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
     other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
     return fy > other.max(axis=1)
+
+
+def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """min over rows of F_y − max_{i≠y} F_i: positive exactly when every row is right
+    (ties are errors), a real-valued form of ``accuracy == 1`` for locating the stop."""
+    fy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return (fy - other.max(axis=1)).min()
 
 
 def precision(dtype: str, matmul: str | None = None) -> contextlib.AbstractContextManager:
@@ -120,6 +129,7 @@ class _State(NamedTuple):
     t: jax.Array  # steps taken so far
     done: jax.Array  # bool: frozen
     stop_step: jax.Array
+    mean: jax.Array  # the objective's running mean over log-time (flow.drift)
 
 
 def _one_seed_chunk(
@@ -140,7 +150,7 @@ def _one_seed_chunk(
     """Advance one seed by ``n_steps`` GD steps. Metrics are those of the params *before*
     each step's update, i.e. of the model after t updates."""
 
-    fwd = blocked(apply_fn, cfg.block) if 0 < cfg.block < x.shape[0] else apply_fn
+    fwd = _forward(apply_fn, cfg, x.shape[0])
 
     def loss_and_logits(params):
         logits = fwd(params, x)
@@ -150,10 +160,13 @@ def _one_seed_chunk(
         (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(s.params)
         acc = accuracy(logits, y)
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(logits))
+        mean = jnp.where(s.t == 0, loss, s.mean)  # the flow's L̄(0) = L(0)
         if stop == "accuracy":
             hit = acc >= 1.0  # exact: accuracy() is 1.0 iff every point is right
         elif stop == "loss":
             hit = loss < cfg.loss_tol
+        elif stop == "converged":
+            hit = flow.converged(loss, mean, margin(logits, y), cfg.converge_tol) < 0
         else:
             hit = jnp.zeros((), bool)
         done = s.done | hit | (s.t >= T) | ~finite
@@ -168,10 +181,17 @@ def _one_seed_chunk(
             s.t + jnp.where(done, 0, 1),
             done,
             stop_step,
+            # An Euler step of the flow's running mean, in units of η = 1 step.
+            (mean + jnp.where(done, 0.0, flow.drift(loss, mean, s.t, 1))).astype(s.mean.dtype),
         )
         return nxt, out
 
     return jax.lax.scan(step, state, None, length=n_steps)
+
+
+def _forward(apply_fn: ApplyFn, cfg: TrainConfig, n: int) -> ApplyFn:
+    """The apply used in training: blocked over samples when ``cfg.block`` asks for it."""
+    return blocked(apply_fn, cfg.block) if 0 < cfg.block < n else apply_fn
 
 
 @functools.lru_cache(maxsize=64)
@@ -185,20 +205,23 @@ def _chunk_fn(
     teacher_axis: int | None,
     points: int,
 ) -> Callable:
-    """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): seeds
-    vmapped inside a point (sharing its data), points vmapped outside (each with its own
-    x, y, V, η and teachers). One per static setup: calls with the same model, objective
-    and config (η excepted) reuse it, and jit compiles once per array shape. η is traced
-    so that an η sweep compiles once; ``cfg.eta`` is not read (callers pass it normalised
-    so it does not split the cache). ``teacher_axis``: None (no teacher), 0 (one per
-    seed) or -1 (one per point, shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
+    """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): ``n_steps``
+    GD steps (``integrator = 'gd'``), or the whole flow of each model ('flow'; ``state``
+    is then the init params and ``n_steps`` unused). Seeds are vmapped inside a point
+    (sharing its data), points outside (each with its own x, y, V, η and teachers). One
+    per static setup: calls with the same model, objective and config (η excepted) reuse
+    it, and jit compiles once per array shape. η is traced so that an η sweep compiles
+    once; ``cfg.eta`` is not read (callers pass it normalised so it does not split the
+    cache). ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
+    shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
 
     def point_chunk(state, x, y, teacher, V, eta):
-        opt = optax.sgd(eta)
-        one = lambda s, t: _one_seed_chunk(
-            s, x, y, t, V, apply_fn=apply_fn, objective=objective, opt=opt,
-            cfg=cfg, T=T, stop=stop, n_steps=n_steps,
-        )  # fmt: skip
+        kw = dict(apply_fn=apply_fn, objective=objective, cfg=cfg, T=T, stop=stop)
+        if cfg.integrator == "flow":
+            one = lambda s, t: _flow_one(s, x, y, t, V, eta, **kw)
+        else:
+            opt = optax.sgd(eta)
+            one = lambda s, t: _one_seed_chunk(s, x, y, t, V, opt=opt, n_steps=n_steps, **kw)
         return jax.vmap(one, in_axes=(0, 0 if teacher_axis == 0 else None))(state, teacher)
 
     t_axis = None if teacher_axis is None else 0
@@ -213,6 +236,29 @@ def _chunk_fn(
         return jax.tree.map(lambda a: a[None], out)
 
     return jax.jit(one_point)
+
+
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, objective, cfg, T, stop):
+    """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
+    fwd = _forward(apply_fn, cfg, x.shape[0])
+
+    def metrics(p):
+        logits = fwd(p, x)
+        return objective(logits, y, teacher), accuracy(logits, y), alignment(p, V)
+
+    def stop_fn(p, mean):
+        logits = fwd(p, x)
+        if stop == "accuracy":
+            return -margin(logits, y)
+        loss = objective(logits, y, teacher)
+        if stop == "loss":
+            return loss - cfg.loss_tol
+        return flow.converged(loss, mean, margin(logits, y), cfg.converge_tol)
+
+    loss_fn = lambda p: objective(fwd(p, x), y, teacher)
+    ts = jnp.asarray(log_steps(T, cfg.n_log), eta.dtype)
+    return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, ts,
+                      cfg=cfg, T=T)  # fmt: skip
 
 
 def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
@@ -300,9 +346,11 @@ def train_points(
       net: the (init, apply) pair (its apply is shared; inits are given).
       x: (Q, N, P, d) each point's training inputs, shared by its seeds.
       y: (Q, N) labels; V: (Q, k, 2, d) views, for recording Λ.
-      cfg: the training config; its η is used where ``etas`` is None.
+      cfg: the training config (``cfg.integrator``: fixed-η GD or the adaptive flow); its
+        η is used where ``etas`` is None.
       init_params: (Q, S, ...) initial params.
-      etas: (Q,) learning rates (η is traced, so points may differ in it).
+      etas: (Q,) learning rates (η is traced, so points may differ in it). Under the
+        flow, η maps GD steps to flow time t = step·η.
       teacher_logits: (Q, N, k) one teacher per point, or (Q, S, N, k) one per seed.
       T, stop, objective, progress, desc: as in :func:`train`.
       shard: split the point axis (or, when Q does not divide, the seed axis) over the
@@ -331,102 +379,151 @@ def train_points(
         if teacher_logits is not None:
             teacher_logits = jnp.asarray(teacher_logits, dtype)
             teacher_axis = 0 if teacher_logits.ndim == 4 else -1
-
-        opt = optax.sgd(cfg.eta)
-        state = _State(
-            init_params,
-            jax.vmap(jax.vmap(opt.init))(init_params),
-            jnp.zeros((Q, S), jnp.int32),
-            jnp.zeros((Q, S), bool),
-            jnp.full((Q, S), T, jnp.int32),
-        )
-        n_steps = min(cfg.chunk, T + 1)
-        chunk_fn = functools.partial(_chunk_fn, net.apply, objective,
-                                     dataclasses.replace(cfg, eta=1.0), T, stop, n_steps,
-                                     teacher_axis)  # fmt: skip
         want = log_steps(T, cfg.n_log)
-        rec: dict[int, list] = {}
+        chunk_fn = functools.partial(_chunk_fn, net.apply, objective,
+                                     dataclasses.replace(cfg, eta=1.0), T, stop,
+                                     min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
+        data = (x, y, V, eta)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-        # Compaction: a stopped seed is frozen but would still cost a full step under
-        # vmap. Once the running models fit in half the points or half the seeds, they
-        # continue alone (one compile per new shape, cached across calls): points with
-        # none running are dropped, and each kept point keeps its running seeds first,
-        # padded with its stopped ones. A slow tail costs at most about twice what the
-        # tail models cost. (Sizes rounded to powers of two cost the demo 8% more steps.)
-        qi = np.arange(Q)  # the points in `sub`
-        si = np.tile(np.arange(S), (Q, 1))  # (Q', S') their seeds
-
-        def place(s: _State, qi: np.ndarray, si: np.ndarray) -> tuple:
-            """The models (points qi, seeds si) and their data, on the devices. While
-            every point runs, qi is all of them in order, and the data is not copied."""
-            rows = (lambda a: a) if len(qi) == Q else (lambda a: a[qi])
-            teachers = _take(teacher_logits, teacher_axis, qi, si)
-            point_data = (rows(x), rows(y), rows(V), rows(eta))
-            return _place(s, point_data, teachers, teacher_axis, shard)
-
-        sub, p_data, p_teacher = place(state, qi, si)
-        full = sub
-        last_lam: np.ndarray | None = None
-        t0 = 0
-        while t0 <= T:
-            px, py, pV, peta = p_data
-            sub, out = chunk_fn(min(len(qi), 2))(sub, px, py, p_teacher, pV, peta)
-            loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)  # (Q', S', n, ...)
-            _check_finite(finite, was_done, t0, qi, si, Q)
-            if last_lam is None:
-                last_lam = np.zeros((Q, S, *lam.shape[3:]), lam.dtype)
-            rows = (qi[:, None], si)
-            for j in range(loss.shape[2]):
-                last_lam[rows] = lam[:, :, j]
-                if t0 + j in want:
-                    row_loss = np.full((Q, S), np.nan, loss.dtype)
-                    row_acc = np.full((Q, S), np.nan, acc.dtype)
-                    row_loss[rows] = np.where(was_done[:, :, j], np.nan, loss[:, :, j])
-                    row_acc[rows] = np.where(was_done[:, :, j], np.nan, acc[:, :, j])
-                    rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
-            t0 += n_steps
-            bar.update(min(n_steps, T - bar.n))
-            running = ~np.asarray(sub.done)  # (Q', S')
-            if not running.any():
-                break
-            per_point = running.sum(1)
-            q_new, s_new = int((per_point > 0).sum()), int(per_point.max())
-            if s_new <= si.shape[1] // 2 or q_new <= len(qi) // 2:
-                full = _scatter(full, sub, qi, si)
-                # Running points first, and in each its running seeds first (both stable);
-                # the padding is stopped models, which stay frozen.
-                keep_q = np.argsort(per_point == 0, kind="stable")[:q_new]
-                order = np.argsort(~running[keep_q], axis=1, kind="stable")[:, :s_new]
-                si = np.take_along_axis(si[keep_q], order, axis=1)
-                qi = qi[keep_q]
-                sub, p_data, p_teacher = place(_gather(full, qi, si), qi, si)
-        bar.close()
-        state = _scatter(full, sub, qi, si)
-        params = state.params
-        final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
-        if teacher_axis == -1:
-            tl = jnp.broadcast_to(teacher_logits[:, None], final_logits.shape)
+        if cfg.integrator == "flow":
+            state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
+                                   teacher_axis, want, shard)  # fmt: skip
         else:
-            tl = teacher_logits
-        per_seed = jax.vmap(objective, in_axes=(0, None, None if tl is None else 0))
-        final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(
-            final_logits, y, tl
+            state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
+                                 teacher_logits, teacher_axis, want, shard, bar)  # fmt: skip
+        bar.update(T - bar.n)
+        bar.close()
+        return _result(net, objective, state, init_params, x, y, teacher_logits,
+                       teacher_axis, rec)  # fmt: skip
+
+
+def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype) -> _State:
+    """GD's state at step 0 for (Q, S) models (optax's SGD keeps no state of its own)."""
+    opt = optax.sgd(1.0)
+    full = lambda v, dt: jnp.full((Q, S), v, dt)
+    return _State(init_params, jax.vmap(jax.vmap(opt.init))(init_params), full(0, jnp.int32),
+                  full(False, bool), full(T, jnp.int32), full(0.0, dtype))  # fmt: skip
+
+
+def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard):
+    """Every model's flow in one call (:func:`mvsim.flow.solve`): the final state (params,
+    stop_step, evals) and the recorded rows {step: [loss, acc, Λ]}, in GD's conventions
+    (NaN loss and accuracy past a model's stop, Λ frozen there)."""
+    Q = data[0].shape[0]
+    qi, si = np.arange(Q), np.tile(np.arange(jax.tree.leaves(init_params)[0].shape[1]), (Q, 1))
+    params, p_data, p_teacher = _place_models(init_params, qi, si, data, teacher,
+                                              teacher_axis, shard)  # fmt: skip
+    px, py, pV, peta = p_data
+    out = chunk_fn(min(Q, 2))(params, px, py, p_teacher, pV, peta)
+    stop_step = np.asarray(out.stop_step)
+    _check_flow(np.asarray(out.ok), stop_step, Q)
+    live = want <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L); t/η rounds off T·η/η
+    loss = np.where(live, np.asarray(out.loss), np.nan)
+    acc = np.where(live, np.asarray(out.accuracy), np.nan)
+    lam = np.asarray(out.alignment)  # (Q, S, L, ..., k, 2)
+    final = np.asarray(jax.vmap(jax.vmap(alignment, in_axes=(0, None)))(out.params, data[2]))
+    lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
+    rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
+    return out, rec
+
+
+def _check_flow(ok: np.ndarray, stop_step: np.ndarray, Q: int) -> None:
+    """Raise :class:`DivergenceError` naming the first model whose flow failed."""
+    if not ok.all():
+        q, s = np.unravel_index(np.argmin(ok), ok.shape)
+        where = f"seed {s}" + (f" of point {q}" if Q > 1 else "")
+        raise DivergenceError(
+            f"training diverged: the flow of {where} failed (NaN/Inf, or flow_max_steps "
+            f"solver steps) by GD-equivalent step {stop_step[q, s]:.0f} "
+            "(check the data scale, or raise flow_max_steps)"
         )
-        final_acc = jax.vmap(jax.vmap(accuracy, in_axes=(0, None)))(final_logits, y)
-        steps = np.array(sorted(rec))
-        return TrainResult(
-            params=params,
-            init_params=init_params,
-            steps=steps,
-            loss=np.stack([rec[t][0] for t in steps], 2),
-            accuracy=np.stack([rec[t][1] for t in steps], 2),
-            alignment=np.stack([rec[t][2] for t in steps], 2),
-            stop_step=np.asarray(state.stop_step),
-            final_loss=np.asarray(final_loss),
-            final_accuracy=np.asarray(final_acc),
-        )
+
+
+def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, bar):
+    """Call GD's chunk until every model has stopped, compacting the running models between
+    calls; the final state and the recorded rows {step: [loss, acc, Λ]}.
+
+    Compaction: a stopped seed is frozen but would still cost a full step under vmap.
+    Once the running models fit in half the points or half the seeds, they continue alone
+    (one compile per new shape, cached across calls): points with none running are
+    dropped, and each kept point keeps its running seeds first, padded with its stopped
+    ones. A slow tail costs at most about twice what the tail models cost. (Sizes rounded
+    to powers of two cost the demo 8% more model-steps.)"""
+    Q, S = np.asarray(state.done).shape
+    qi, si = np.arange(Q), np.tile(np.arange(S), (Q, 1))  # the models in `sub`
+    place = lambda st, qi, si: _place_models(st, qi, si, data, teacher, teacher_axis, shard)
+    sub, p_data, p_teacher = place(state, qi, si)
+    full, last_lam, rec, t0 = sub, None, {}, 0
+    while True:
+        px, py, pV, peta = p_data
+        sub, out = chunk_fn(min(len(qi), 2))(sub, px, py, p_teacher, pV, peta)
+        loss, acc, lam, finite, was_done = (np.asarray(a) for a in out)  # (Q', S', n, ...)
+        _check_finite(finite, was_done, t0, qi, si, Q)
+        if last_lam is None:
+            last_lam = np.zeros((Q, S, *lam.shape[3:]), lam.dtype)
+        rows = (qi[:, None], si)
+        for j in range(loss.shape[2]):
+            last_lam[rows] = lam[:, :, j]
+            if t0 + j in want:
+                row_loss = np.full((Q, S), np.nan, loss.dtype)
+                row_acc = np.full((Q, S), np.nan, acc.dtype)
+                row_loss[rows] = np.where(was_done[:, :, j], np.nan, loss[:, :, j])
+                row_acc[rows] = np.where(was_done[:, :, j], np.nan, acc[:, :, j])
+                rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
+        t0 += loss.shape[2]
+        bar.update(min(t0, bar.total) - bar.n)
+        running = ~np.asarray(sub.done)  # (Q', S')
+        if not running.any():
+            break
+        per_point = running.sum(1)
+        q_new, s_new = int((per_point > 0).sum()), int(per_point.max())
+        if s_new <= si.shape[1] // 2 or q_new <= len(qi) // 2:
+            full = _scatter(full, sub, qi, si)
+            # Running points first, and in each its running seeds first (both stable);
+            # the padding is stopped models, which stay frozen.
+            keep_q = np.argsort(per_point == 0, kind="stable")[:q_new]
+            order = np.argsort(~running[keep_q], axis=1, kind="stable")[:, :s_new]
+            si = np.take_along_axis(si[keep_q], order, axis=1)
+            qi = qi[keep_q]
+            sub, p_data, p_teacher = place(_gather(full, qi, si), qi, si)
+    return _scatter(full, sub, qi, si), rec
+
+
+def _place_models(state, qi, si, data, teacher, teacher_axis, shard):
+    """The models (points qi, seeds si) and their data, on the devices. While every point
+    runs, qi is all of them in order, and the data is not copied."""
+    Q = data[0].shape[0]
+    rows = (lambda a: a) if len(qi) == Q else (lambda a: a[qi])
+    teachers = _take(teacher, teacher_axis, qi, si)
+    return _place(state, tuple(rows(a) for a in data), teachers, teacher_axis, shard)
+
+
+def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec) -> TrainResult:
+    """The :class:`TrainResult` of the final state (GD's or the flow's) and the rows."""
+    params = state.params
+    final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
+    tl = teacher
+    if teacher_axis == -1:
+        tl = jnp.broadcast_to(teacher[:, None], final_logits.shape)
+    per_seed = jax.vmap(objective, in_axes=(0, None, None if tl is None else 0))
+    final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(final_logits, y, tl)
+    final_acc = jax.vmap(jax.vmap(accuracy, in_axes=(0, None)))(final_logits, y)
+    steps = np.array(sorted(rec))
+    evals = state.evals if isinstance(state, flow.Solved) else state.stop_step
+    return TrainResult(
+        params=params,
+        init_params=init_params,
+        steps=steps,
+        loss=np.stack([rec[t][0] for t in steps], 2),
+        accuracy=np.stack([rec[t][1] for t in steps], 2),
+        alignment=np.stack([rec[t][2] for t in steps], 2),
+        stop_step=np.asarray(state.stop_step, np.float64),
+        grad_evals=np.asarray(evals),
+        final_loss=np.asarray(final_loss),
+        final_accuracy=np.asarray(final_acc),
+    )
 
 
 def _take(teacher, axis: int | None, qi: np.ndarray, si: np.ndarray):

@@ -53,7 +53,8 @@ class Group:
     errors_single: np.ndarray  # (S, n_test_single) bool
     train_accuracy: np.ndarray  # (S,)
     views: np.ndarray | None = None  # (S, k, 2) bool learned views, None for ensembles
-    steps: np.ndarray | None = None  # (S,) GD steps taken
+    steps: np.ndarray | None = None  # (S,) GD steps taken (the flow: GD-equivalent t/η)
+    grad_evals: np.ndarray | None = None  # (S,) gradient evaluations they cost
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,7 +205,7 @@ def run_many(
             st_inits = jax.tree.map(lambda *a: jnp.stack(a), *[s[1] for s in setups])
             students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
                                     objective=distill.objective(KD), teacher_logits=teachers,
-                                    T=KD.kd_T, stop="none", progress=progress,
+                                    T=KD.kd_T, stop=KD.kd_stop, progress=progress,
                                     desc=f"{pts}{3 * n_st} distilled students")  # fmt: skip
             sets["students"] = (net.apply, students.params)
             timing["train_students"] = time.perf_counter() - t
@@ -246,7 +247,8 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
     em, es = errors["single"]
     groups = {
         "single": Group("single", em, es, singles.final_accuracy,
-                        _learned(singles.params, V, cfg), singles.stop_step),
+                        _learned(singles.params, V, cfg), singles.stop_step,
+                        grad_evals=singles.grad_evals),
         "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
     }  # fmt: skip
     if students is not None:
@@ -255,12 +257,14 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
         for j, name in enumerate(("kd", "self_distillation", "control")):
             sl = slice(j * n_st, (j + 1) * n_st)
             groups[name] = Group(name, em[sl], es[sl], students.final_accuracy[sl],
-                                 sv[sl], np.full(n_st, cfg.distill.kd_T))  # fmt: skip
+                                 sv[sl], students.stop_step[sl],
+                                 grad_evals=students.grad_evals[sl])  # fmt: skip
     if averages is not None:
         em, es = errors["average"]
         groups["training_average"] = Group(
             "training_average", em, es, averages.final_accuracy,
             _learned(averages.params, V, cfg).any(1), averages.stop_step,
+            grad_evals=averages.grad_evals,
         )  # fmt: skip
     mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
     return Measurements(

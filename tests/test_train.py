@@ -1,4 +1,5 @@
-"""The vmapped GD trainer: per-seed equivalence, determinism, early stopping, divergence,
+"""The vmapped GD trainer (``integrator = 'gd'``, the reference the flow is tested against
+in tests/test_flow.py): per-seed equivalence, determinism, early stopping, divergence,
 precision and the recorded history.
 
 Reference: a plain jitted GD step W <- W - eta ∇L(W) iterated in a Python loop, with the
@@ -52,7 +53,7 @@ def setup():
     batch = data.sample(jax.random.PRNGKey(11), dc, 4000, V, view="multi")
     x, y = batch.x[:64], batch.y[:64]
     net = model.network(cfg.model, dc.k, dc.d)
-    tc = dataclasses.replace(cfg.train, T=T_MAIN)
+    tc = dataclasses.replace(cfg.train, T=T_MAIN, integrator="gd")
     return cfg, V, x, y, net, tc
 
 
