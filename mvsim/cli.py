@@ -83,6 +83,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bad = sorted(set(ids) - known)
         if bad:
             raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
+    verify.check_claims(cfg, ids)
+    if args.ntk and cfg.verify.seeds < 2:
+        raise ConfigError(
+            "seeds",
+            cfg.verify.seeds,
+            "--ntk needs seeds ≥ 2 (--seeds): its 'KD from the deep ensemble' students are "
+            "taught by the ensemble of the single models",
+        )
     t0 = time.perf_counter()
     m = verify.run(cfg, claims=ids, progress=not args.no_progress)
     results = claims.evaluate_all(m, ids)
@@ -186,7 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ids = sweep.check_claims(args.claims.split(",") if args.claims else None)
     if args.batch_points is not None and args.batch_points < 1:
         raise ConfigError("--batch-points", args.batch_points, "must be ≥ 1")
-    points = sweep.build_points(args.preset, overrides, grid)  # validates every point first
+    points = sweep.build_points(args.preset, overrides, grid, ids)  # validates every point
     print(f"sweep: {len(points)} points over {', '.join(grid)} -> {args.store}")
     s = sweep.run_sweep(points, args.store, ids, batch_points=args.batch_points,
                         progress=not args.no_progress)  # fmt: skip

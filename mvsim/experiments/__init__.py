@@ -20,12 +20,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvsim.config import Config
+from mvsim.config import Config, ConfigError
 from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
 NAMES = ("dropping", "gaussian", "theory-scaling")
 DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory"}
+# Single models each needs: dropping restores with the other seeds, gaussian measures an
+# ensemble and a KD student; theory-scaling evaluates the single models alone.
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1}
+
+
+def check_seeds(name: str, cfg: Config) -> None:
+    """Raise :class:`ConfigError` (naming ``seeds`` / ``--seeds`` and the experiment) when
+    experiment ``name`` cannot run with ``cfg``'s seeds, before any compute."""
+    if cfg.verify.seeds < MIN_SEEDS[name]:
+        raise ConfigError(
+            "seeds",
+            cfg.verify.seeds,
+            f"the {name} experiment needs seeds ≥ {MIN_SEEDS[name]} (--seeds): it compares "
+            "each model with the other seeds",
+        )
 
 
 def envelope(name: str, cfg: Config) -> dict[str, Any]:
@@ -78,4 +93,14 @@ def module(name: str):
     return mod
 
 
-__all__ = ["NAMES", "envelope", "fmt_ci", "module", "rate_ci", "text_table", "write"]
+__all__ = [
+    "MIN_SEEDS",
+    "NAMES",
+    "check_seeds",
+    "envelope",
+    "fmt_ci",
+    "module",
+    "rate_ci",
+    "text_table",
+    "write",
+]
