@@ -73,7 +73,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``mvsim verify``: train, measure, print the verdict table; with --out, write
-    report.json and every figure. Exit status 0 whatever the verdicts."""
+    report.json, every figure and report.html. Exit status 0 whatever the verdicts, or
+    1 with --strict when a claim FAILs."""
     from mvsim import claims, plots, report, verify
 
     cfg = resolve(args)
@@ -111,6 +112,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"\nwrote {out / 'report.json'} and {len(paths)} figure files under {out / 'figures'}"
         )
+    return _strict_status(args.strict, rep["claims"])
+
+
+def _strict_status(strict: bool, claim_rows: list[dict]) -> int:
+    """1 under --strict when a claim of the verdict table FAILed (said on stderr), else 0."""
+    failed = [c["id"] for c in claim_rows if c["verdict"] == "FAIL"]
+    if strict and failed:
+        print(f"mvsim: --strict: FAIL for {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -263,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims", help="comma-separated subset of claims to report")
     p.add_argument("--out", help="directory for report.json and figures/")
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_verify)
 
