@@ -12,11 +12,8 @@ from mvsim.claims import CLAIMS
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify")
-    rc = cli.main(["verify", "--preset", "tiny", "--out", str(out), "--no-progress"])
-    assert rc == 0
-    return json.loads((out / "report.json").read_text()), out
+def report(tiny_verify):
+    return tiny_verify  # conftest.py: one tiny verify run, shared with test_html.py
 
 
 def test_report_schema(report):

@@ -74,10 +74,20 @@ def text_table(head: list[str], body: list[list[str]]) -> list[str]:
 def write(
     rep: dict[str, Any], out: str | Path, figure: Callable[[dict, Path], list[str]]
 ) -> list[str]:
-    """``out/report.json`` (atomic) and the experiment's figure under ``out/figures``."""
+    """``out/report.json`` (atomic), the experiment's figure under ``out/figures`` and
+    ``out/report.html`` (:func:`write_html`); returns the figure files."""
     out = Path(out)
     write_json(out / "report.json", rep)
-    return figure(rep, out / "figures")
+    paths = figure(rep, out / "figures")
+    write_html(rep, out / "report.html", paths)
+    return paths
+
+
+def write_html(rep: dict[str, Any], path: str | Path, figure_paths: list[str]) -> Path:
+    """The experiment's report.html: its table, verdicts, rows, figures, config, timing."""
+    from mvsim.html_report import write_experiment
+
+    return write_experiment(rep, path, figure_paths, module(rep["experiment"]).table(rep))
 
 
 def module(name: str):
@@ -103,4 +113,5 @@ __all__ = [
     "rate_ci",
     "text_table",
     "write",
+    "write_html",
 ]
