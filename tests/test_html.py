@@ -236,3 +236,15 @@ def test_chromium_renders_the_page(tiny_verify, tmp_path) -> None:
                   (out / "report.html").as_uri())  # fmt: skip
     assert _png_size(shot) == (1280, 2000)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception),
+                                         (None, pytest.skip.Exception)])  # fmt: skip
+def test_without_chromium_the_browser_check_skips_but_fails_under_ci(monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="Chromium is not installed"):
+        _chromium()
