@@ -138,6 +138,20 @@ def test_experiment_pages(tmp_path) -> None:
             assert f'<code>{c["id"]}</code> <span class="verdict {c["verdict"]}">' in page
 
 
+def test_the_demo_run_has_its_page_and_the_readme_shows_it() -> None:
+    """docs/demo/report.html is the committed demo report's page (`mvsim plot-report
+    docs/demo/report.json`); the README links it and shows a screenshot of its top."""
+    rep = json.loads((ROOT / "docs" / "demo" / "report.json").read_text())
+    page = (ROOT / "docs" / "demo" / "report.html").read_text(encoding="utf-8")
+    for c in rep["claims"]:
+        row = re.search(rf'<tr id="claim-{c["id"]}">(.*?)</tr>', page, re.S).group(1)
+        assert f'class="verdict {c["verdict"]}">{c["verdict"]}<' in row
+    assert page.count("<svg") == len(list((ROOT / "docs" / "demo" / "figures").glob("*.svg")))
+    assert "](docs/demo/report.html)" in README
+    assert "![" in README and "docs/demo/report-top.png" in README
+    assert _png_size(ROOT / "docs" / "demo" / "report-top.png")[0] >= 1000
+
+
 def test_the_templates_ship_with_the_package() -> None:
     """pyproject's package-data globs cover every template, so an installed (non-editable)
     mvsim can render its pages."""
