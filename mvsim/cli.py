@@ -84,7 +84,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bad = sorted(set(ids) - known)
         if bad:
             raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
-    verify.check_claims(cfg, ids)
+    verify.check_claim_seeds(cfg, ids)
     if args.ntk and cfg.verify.seeds < 2:
         raise ConfigError(
             "seeds",

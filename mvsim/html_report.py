@@ -12,6 +12,7 @@ every value comes from what report.json (or the store) holds, so
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -336,8 +337,6 @@ def render_experiment(
 def render_sweep(df: pd.DataFrame, figure_paths: Iterable[str | Path], store: str) -> str:
     """The page of a sweep store (:func:`mvsim.store.read_results`'s DataFrame): an index
     of its points with each claim's error/μ and verdict, and its figures."""
-    import json
-
     axes = list(df.attrs.get("axes") or [c[6:] for c in df.columns if c.startswith("point_")])
     claims = list(dict.fromkeys(df["claim"]))
     points = []
@@ -352,12 +351,12 @@ def render_sweep(df: pd.DataFrame, figure_paths: Iterable[str | Path], store: st
             }
         )
     configs = [json.loads(s) for s in dict.fromkeys(df["config_json"])]
-    head = _sweep_header(df, store, axes, len(points))
+    run, provenance = _sweep_header(df, store, axes, len(points))
     return render(
         "sweep.html.j2",
         title=f"mvsim sweep — {Path(store).name}",
-        run=head[:5],  # what was swept, then where it ran
-        provenance=head[5:],
+        run=run,
+        provenance=provenance,
         axes=axes,
         claims=claims,
         points=points,
@@ -374,25 +373,30 @@ def _sweep_cell(r: Any) -> dict[str, str] | None:
             "verdict": str(r["verdict"])}  # fmt: skip
 
 
-def _sweep_header(df: pd.DataFrame, store: str, axes: Sequence[str], n: int) -> list:
-    uniq = lambda col: ", ".join(sorted({str(v) for v in df[col].dropna()}))  # noqa: E731
-    return [
+def _sweep_header(
+    df: pd.DataFrame, store: str, axes: Sequence[str], n: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(what was swept, where and when it ran), from the store's rows."""
+    uniq = lambda col: ", ".join(sorted({str(v) for v in df[col].dropna()}))
+    run = [
         ("store", str(store)),
         ("preset", uniq("preset")),
         ("points", f"{n} over {', '.join(axes)}"),
         ("k", uniq("point_k") if "point_k" in df else _fixed(df, "data", "k")),
-        ("seeds", _fixed(df, "verify", "seeds")),
+        ("seeds", uniq("point_seeds") if "point_seeds" in df else _fixed(df, "verify", "seeds")),
+    ]
+    provenance = [
         ("mvsim", uniq("mvsim_version")),
         ("jax", uniq("jax_version")),
         ("backend", f"{uniq('backend')} ({uniq('n_devices')} devices)"),
         # ISO 8601 UTC as stored, to the second
         ("date", f"{df['started_at'].min()[:19]} to {df['finished_at'].max()[:19]} UTC"),
     ]
+    return run, provenance
 
 
 def _fixed(df: pd.DataFrame, section: str, name: str) -> str:
-    import json
-
+    """The values of a config field over the store's points, as text."""
     return ", ".join(sorted({str(json.loads(s)[section][name]) for s in df["config_json"]}))
 
 

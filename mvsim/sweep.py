@@ -167,7 +167,7 @@ def build_points(
     Points that resolve to the same config are kept once.
     """
     from mvsim.store import config_hash
-    from mvsim.verify import check_claims
+    from mvsim.verify import check_claim_seeds
 
     if not grid:
         raise ConfigError(
@@ -182,7 +182,7 @@ def build_points(
         values = dict(zip(names, combo, strict=True))
         try:
             cfg = make_config(preset, {**overrides, **values})
-            check_claims(cfg, claims)
+            check_claim_seeds(cfg, claims)
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (at grid point {values})") from None
         h = config_hash(cfg)

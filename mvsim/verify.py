@@ -120,7 +120,7 @@ MIN_SEEDS: dict[str, int] = {
 }
 
 
-def check_claims(cfg: Config, claims: Iterable[str] | None = None) -> None:
+def check_claim_seeds(cfg: Config, claims: Iterable[str] | None = None) -> None:
     """Raise :class:`ConfigError` naming ``seeds`` (the ``--seeds`` flag) and the claim
     when a requested claim (default: all) cannot be evaluated with ``cfg``'s seeds."""
     ids = list(claims) if claims is not None else list(NEEDS)
@@ -187,7 +187,7 @@ def run_many(
     if not cfgs:
         return []
     for c in cfgs:
-        check_claims(c, claims)
+        check_claim_seeds(c, claims)
     keys = {batch_key(c) for c in cfgs}
     if len(keys) > 1:
         a, b = (dict(k) for k in list(keys)[:2])

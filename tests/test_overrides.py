@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from mvsim import cli
 from mvsim.config import FIELD_SECTION, PRESETS, Config, ConfigError, Range, make_config
-from mvsim.verify import check_claims
+from mvsim.verify import check_claim_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,8 @@ def test_few_seeds_resolve_for_single(preset: str, seeds: int) -> None:
     for, so kd_students follows seeds (min of the preset's and seeds)."""
     cfg = make_config(preset, {"seeds": seeds})
     assert cfg.distill.kd_students == min(seeds, make_config(preset).distill.kd_students)
-    check_claims(cfg, ["single"])
-    check_claims(cfg, ["single", "training_average"])
+    check_claim_seeds(cfg, ["single"])
+    check_claim_seeds(cfg, ["single", "training_average"])
 
 
 def test_an_explicit_kd_students_still_wins_over_seeds() -> None:
@@ -142,11 +142,11 @@ def test_an_explicit_kd_students_still_wins_over_seeds() -> None:
 def test_a_claim_one_seed_cannot_evaluate_names_the_flag_and_the_claim(claim: str) -> None:
     cfg = make_config("demo", {"seeds": 1})
     with pytest.raises(ConfigError) as info:
-        check_claims(cfg, ["single", claim])
+        check_claim_seeds(cfg, ["single", claim])
     msg = str(info.value)
     assert info.value.field == "seeds" and "--seeds" in msg and f"'{claim}'" in msg, msg
     assert "--claims single" in msg  # what does run with one seed
-    check_claims(make_config("demo", {"seeds": 2}), [claim])
+    check_claim_seeds(make_config("demo", {"seeds": 2}), [claim])
 
 
 def test_demo_at_k10_is_exactly_the_committed_demo_run() -> None:
