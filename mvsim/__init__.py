@@ -11,6 +11,8 @@ sweeps and their result store (:mod:`mvsim.sweep`, :mod:`mvsim.store`, :mod:`mvs
 
 __version__ = "0.1.0"
 
+import types as _types
+
 from mvsim.claims import CLAIMS, ClaimResult, evaluate_all, predicted_error
 from mvsim.config import (
     Config,
@@ -52,6 +54,21 @@ from mvsim.sweep import build_points, parse_grid, run_points, run_sweep
 from mvsim.train import DivergenceError, TrainResult, cross_entropy, predict, train_points
 from mvsim.verify import Measurements, run, run_many
 
+
+def neural_tangents() -> _types.ModuleType:
+    """The ``neural_tangents`` module, importable on current JAX.
+
+    A plain ``import neural_tangents`` fails there (on TensorFlow and on JAX names it
+    imports that JAX has since moved); this applies :mod:`mvsim._nt_compat`, the one
+    place that restores them, and returns the module. Afterwards ``import
+    neural_tangents`` returns the same module. Raises ImportError, with the install
+    command, when neural-tangents is not installed.
+    """
+    from mvsim._nt_compat import import_neural_tangents
+
+    return import_neural_tangents()
+
+
 __all__ = [
     "Batch",
     "CLAIMS",
@@ -87,6 +104,7 @@ __all__ = [
     "make_config",
     "memorisation_split",
     "network",
+    "neural_tangents",
     "parse_grid",
     "parse_set",
     "phase1_intervals",

@@ -73,8 +73,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``mvsim verify``: train, measure, print the verdict table; with --out, write
-    report.json and every figure. Exit status 0 whatever the verdicts."""
-    from mvsim import claims, plots, report, verify
+    report.json, every figure and report.html. Exit status 0 whatever the verdicts, or
+    1 with --strict when a claim FAILs."""
+    from mvsim import claims, html_report, plots, report, verify
 
     cfg = resolve(args)
     ids = args.claims.split(",") if args.claims else None
@@ -83,6 +84,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bad = sorted(set(ids) - known)
         if bad:
             raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
+    verify.check_claim_seeds(cfg, ids)
+    if args.ntk and cfg.verify.seeds < 2:
+        raise ConfigError(
+            "seeds",
+            cfg.verify.seeds,
+            "--ntk needs seeds ≥ 2 (--seeds): its 'KD from the deep ensemble' students are "
+            "taught by the ensemble of the single models",
+        )
     t0 = time.perf_counter()
     m = verify.run(cfg, claims=ids, progress=not args.no_progress)
     results = claims.evaluate_all(m, ids)
@@ -100,9 +109,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         out = Path(args.out)
         report.write_json(out / "report.json", rep)
         paths = plots.all_figures(rep, out / "figures")
+        html = html_report.write_verify(rep, out / "report.html", paths)
         print(
-            f"\nwrote {out / 'report.json'} and {len(paths)} figure files under {out / 'figures'}"
+            f"\nwrote {out / 'report.json'}, {len(paths)} figure files under "
+            f"{out / 'figures'} and {html}"
         )
+    return _strict_status(args.strict, rep["claims"])
+
+
+def _strict_status(strict: bool, claim_rows: list[dict]) -> int:
+    """1 under --strict when a claim of the verdict table FAILed (said on stderr), else 0."""
+    failed = [c["id"] for c in claim_rows if c["verdict"] == "FAIL"]
+    if strict and failed:
+        print(f"mvsim: --strict: FAIL for {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -130,7 +150,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     print(mod.table(rep))
     if args.out:
         paths = experiments.write(rep, args.out, mod.figure)
-        print(f"\nwrote {Path(args.out) / 'report.json'} and {len(paths)} figure files")
+        out = Path(args.out)
+        print(f"\nwrote {out / 'report.json'}, {len(paths)} figure files and {out / 'report.html'}")
     if args.store:
         from mvsim import store
 
@@ -140,18 +161,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
-    """``mvsim plot-report``: redraw every figure a saved report.json has the data for."""
-    from mvsim import plots
+    """``mvsim plot-report``: redraw every figure a saved report.json has the data for,
+    and its report.html, from the JSON alone."""
+    from mvsim import html_report, plots
 
     rep = json.loads(Path(args.report).read_text())
     out = Path(args.out) if args.out else Path(args.report).parent / "figures"
+    html = Path(args.html) if args.html else Path(args.report).with_name("report.html")
     if "experiment" in rep:  # a supporting experiment's report draws its own figure
         from mvsim import experiments
 
         paths = experiments.module(rep["experiment"]).figure(rep, out)
+        experiments.write_html(rep, html, paths)
     else:
         paths = plots.all_figures(rep, out)
-    for p in paths:
+        html_report.write_verify(rep, html, paths)
+    for p in [*paths, html]:
         print(p)
     return 0
 
@@ -186,7 +211,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ids = sweep.check_claims(args.claims.split(",") if args.claims else None)
     if args.batch_points is not None and args.batch_points < 1:
         raise ConfigError("--batch-points", args.batch_points, "must be ≥ 1")
-    points = sweep.build_points(args.preset, overrides, grid)  # validates every point first
+    points = sweep.build_points(args.preset, overrides, grid, ids)  # validates every point
     print(f"sweep: {len(points)} points over {', '.join(grid)} -> {args.store}")
     s = sweep.run_sweep(points, args.store, ids, batch_points=args.batch_points,
                         progress=not args.no_progress)  # fmt: skip
@@ -217,7 +242,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mvsim import plots, store
+    """``mvsim plot``: a sweep store's figures and its report.html (an index of the
+    points with each claim's error/μ and verdict, and the figures)."""
+    from mvsim import html_report, plots, store
 
     try:
         df = store.read_results(args.db)
@@ -225,7 +252,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"mvsim: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.db).with_suffix("").parent / "sweep-figures"
-    for p in plots.sweep_figures(df, out):
+    paths = plots.sweep_figures(df, out)
+    html = html_report.write_sweep(df, out / "report.html", paths, args.db)
+    for p in [*paths, html]:
         print(p)
     return 0
 
@@ -253,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--claims", help="comma-separated subset of claims to report")
-    p.add_argument("--out", help="directory for report.json and figures/")
+    p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_verify)
 
@@ -267,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one field (repeatable)")  # fmt: skip
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--ks", help="theory-scaling: comma-separated k values (default 4,6,8,10)")
-    p.add_argument("--out", help="directory for report.json and figures/")
+    p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--store", help="also store the result rows in this SQLite store "
                    "(mvsim.store.read_experiments reads them back)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -307,14 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet", help="write the rows as Parquet (needs pyarrow)")
     p.set_defaults(fn=cmd_results)
 
-    p = sub.add_parser("plot", help="figures of a sweep store (PNG and SVG)")
+    p = sub.add_parser("plot", help="figures (PNG and SVG) and report.html of a sweep store")
     p.add_argument("db", help="the SQLite store of `mvsim sweep`")
-    p.add_argument("--out", help="figure directory (default: sweep-figures/ next to the store)")
+    p.add_argument("--out", help="directory for the figures and report.html "
+                   "(default: sweep-figures/ next to the store)")  # fmt: skip
     p.set_defaults(fn=cmd_plot)
 
-    p = sub.add_parser("plot-report", help="(re)draw the figures of a saved report.json")
+    p = sub.add_parser("plot-report", help="(re)draw the figures and report.html of a saved "
+                       "report.json")  # fmt: skip
     p.add_argument("report")
-    p.add_argument("--out", help="figure directory (default: next to the report)")
+    p.add_argument("--out", help="figure directory (default: figures/ next to the report)")
+    p.add_argument("--html", help="the HTML file (default: report.html next to the report)")
     p.set_defaults(fn=cmd_plot_report)
     return ap
 

@@ -32,23 +32,34 @@ Range = tuple[float, float]
 
 
 class ConfigError(ValueError):
-    """An invalid config value. The message names the field and the allowed range."""
+    """An invalid config value. The message names the field and the allowed range.
 
-    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
+    ``involves`` lists the other fields a cross-field rule reads (d ≥ 2k involves k): when
+    the named field was derived by a preset, :func:`make_config` blames the one of them
+    the user set instead, so an error never names a field the user did not touch.
+    """
+
+    def __init__(
+        self, field_name: str, value: Any, allowed: str, *, involves: tuple[str, ...] = ()
+    ) -> None:
         self.field = field_name
         self.value = value
         self.allowed = allowed
+        self.involves = involves
         super().__init__(f"config field '{field_name}' = {value!r} is invalid: {allowed}")
 
 
 # --- validation helpers ---------------------------------------------------------------
 
 
-def _int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
+def _int(
+    name: str, v: Any, lo: int, hi: int | None = None, *, involves: tuple[str, ...] = ()
+) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(name, v, "must be an integer")
     if v < lo or (hi is not None and v > hi):
-        raise ConfigError(name, v, f"must be in [{lo}, {'∞)' if hi is None else f'{hi}]'}")
+        bounds = f"[{lo}, {'∞)' if hi is None else f'{hi}]'}"
+        raise ConfigError(name, v, f"must be in {bounds}", involves=involves)
 
 
 def _real(
@@ -59,6 +70,7 @@ def _real(
     *,
     lo_open: bool = False,
     hi_open: bool = False,
+    involves: tuple[str, ...] = (),
 ) -> None:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise ConfigError(name, v, "must be a finite real number")
@@ -67,7 +79,7 @@ def _real(
     if bad_lo or bad_hi:
         lb = "(" if lo_open else "["
         rb = ")" if hi_open or hi == math.inf else "]"
-        raise ConfigError(name, v, f"must be in {lb}{lo}, {hi}{rb}")
+        raise ConfigError(name, v, f"must be in {lb}{lo}, {hi}{rb}", involves=involves)
 
 
 def _range(name: str, v: Any, lo: float = 0.0, hi: float = math.inf) -> None:
@@ -161,11 +173,12 @@ class DataConfig:
         _int("k", self.k, 2)
         _int("d", self.d, 1)
         if self.d < 2 * self.k:
-            raise ConfigError("d", self.d, f"must be ≥ 2k = {2 * self.k} (orthonormal views)")
+            msg = f"must be ≥ 2k = {2 * self.k} (orthonormal views)"
+            raise ConfigError("d", self.d, msg, involves=("k",))
         _int("C_p", self.C_p, 1)
-        _real("s", self.s, 0.0, self.k)
+        _real("s", self.s, 0.0, self.k, involves=("k",))
         if self.max_noisy is not None:
-            _int("max_noisy", self.max_noisy, 0, 2 * (self.k - 1))
+            _int("max_noisy", self.max_noisy, 0, 2 * (self.k - 1), involves=("k",))
         _int("P", self.P, 1)
         need = self.C_p * (2 + self.noisy_cap)
         if self.P < need:
@@ -174,6 +187,7 @@ class DataConfig:
                 self.P,
                 f"must be ≥ C_p·(2 + max_noisy) = {self.C_p}·(2 + {self.noisy_cap}) = {need} "
                 "so every feature gets its own patches (lower max_noisy or raise P)",
+                involves=("C_p", "max_noisy", "k"),
             )
         _real("mu", self.mu, 0.0, 1.0)
         _int("N", self.N, 1)
@@ -357,7 +371,9 @@ class VerifyConfig:
     """What ``mvsim verify`` trains and how it measures."""
 
     seeds: int = 10
-    """K: independently initialised single models (also the ensemble size)."""
+    """K: independently initialised single models (also the ensemble size). One model is
+    enough for ``single`` and ``training_average``; the claims that compare or combine
+    singles need two (``verify.MIN_SEEDS``)."""
     n_test_multi: int = 200_000
     """Multi-view test points (a stratum of its own, weight 1−μ). Its errors count
     (1−μ)/μ times in E/μ (30× at μ = 1/31), so resolving < 0.001μ with zero errors
@@ -371,7 +387,7 @@ class VerifyConfig:
     each other's randomness."""
 
     def __post_init__(self) -> None:
-        _int("seeds", self.seeds, 2)
+        _int("seeds", self.seeds, 1)
         _int("n_test_multi", self.n_test_multi, 0)
         _int("n_test_single", self.n_test_single, 1)
         _real("view_threshold", self.view_threshold, 0.0, lo_open=True)
@@ -441,7 +457,7 @@ class NTKConfig:
         _int("ntk_seeds", self.ntk_seeds, 2)
         _int("ntk_avg_members", self.ntk_avg_members, 1)
         _int("ntk_avg_seeds", self.ntk_avg_seeds, 1)
-        _int("ntk_kd_students", self.ntk_kd_students, 1, self.ntk_seeds)
+        _int("ntk_kd_students", self.ntk_kd_students, 1, self.ntk_seeds, involves=("ntk_seeds",))
         _int("ntk_kd_T", self.ntk_kd_T, 1)
         _int("ntk_deep_teachers", self.ntk_deep_teachers, 0)
         if not isinstance(self.ntk_center_kd, bool):
@@ -501,12 +517,14 @@ class Config:
                 "kd_students",
                 self.distill.kd_students,
                 f"must be ≤ seeds = {self.verify.seeds} (each student reuses a single's init)",
+                involves=("seeds",),
             )
         if self.verify.n_test_multi == 0 and self.data.mu < 1:
             raise ConfigError(
                 "n_test_multi",
                 0,
                 "must be ≥ 1 unless mu = 1 (the multi-view stratum has weight 1−μ)",
+                involves=("mu",),
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -697,10 +715,19 @@ def load_file(path: str | Path) -> dict[str, Any]:
 # --- presets ------------------------------------------------------------------------
 
 
+def _noisy_caps(k: int, s: float, max_noisy: int) -> dict[str, Any]:
+    """A preset's s and max_noisy at k: its values, lowered where k has fewer other
+    classes (k − 1) or other-class views (2(k − 1)) than they count, so that any k ≥ 2
+    resolves (the k the preset was tuned at keeps its values exactly)."""
+    return {"s": min(s, float(k - 1)), "max_noisy": min(max_noisy, 2 * (k - 1))}
+
+
 def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
     """k = 10 regime of the feasibility study (study 2): projected noise of norm 0.1 on
     feature patches and 1.2 elsewhere, ϱ = 1, σ_0/ϱ ≈ 0.033, q = 4, s = 4 with ρ < Γ,
-    60 multi-view points per class and one single-view point per (class, view)."""
+    60 multi-view points per class and one single-view point per (class, view).
+    Follows k: N = 62k, μ = 1/31, η = (2/3)ϱk, s = min(4, k − 1), max_noisy =
+    min(14, 2(k − 1))."""
     k = o.get("k", 10)
     d = o.get("d", 200)
     varrho = o.get("varrho", 1.0)
@@ -709,8 +736,7 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
         k=k,
         d=d,
         P=16,
-        s=4.0,
-        max_noisy=14,
+        **_noisy_caps(k, 4.0, 14),
         N=n_multi + n_single,
         mu=n_single / (n_multi + n_single),
         sigma_p=0.1 / math.sqrt(d),
@@ -722,7 +748,8 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
-    """Seconds-sized runs for the test suite: k = 4, small N and d, few steps."""
+    """Seconds-sized runs for the test suite: k = 4, small N and d, few steps (N, μ, η,
+    s and max_noisy follow k as in demo)."""
     k = o.get("k", 4)
     d = o.get("d", 64)
     n_multi, n_single = 30 * k, 2 * k
@@ -730,8 +757,7 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
         k=k,
         d=d,
         P=8,
-        s=1.5,
-        max_noisy=6,
+        **_noisy_caps(k, 1.5, 6),
         N=n_multi + n_single,
         mu=n_single / (n_multi + n_single),
         sigma_p=0.1 / math.sqrt(d),
@@ -782,7 +808,7 @@ def _theory(o: Mapping[str, Any]) -> dict[str, Any]:
     lk = math.log(k)
     d = o.get("d", 4 * k * k)
     mu = o.get("mu", 1 / k)
-    if mu <= 0:
+    if mu <= 0 or not math.isfinite(k**1.2 / mu):
         raise ConfigError("mu", mu, "must be in (0, 1] for the theory preset (N = k^1.2/μ)")
     rho = k**-0.01
     Gamma = 1 / lk
@@ -853,12 +879,68 @@ def make_config(preset: str = "demo", overrides: Mapping[str, Any] | None = None
             check(overrides[key])
     values = PRESETS[preset](overrides)
     values.update(overrides)
+    _fit_caps(values, overrides)
     by_section: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
     for key, value in values.items():
         by_section[FIELD_SECTION[key]][key] = coerce(key, value)
-    return Config(
-        preset=preset, **{sec: _SECTIONS[sec](**vals) for sec, vals in by_section.items()}
+    try:
+        return Config(
+            preset=preset, **{sec: _SECTIONS[sec](**vals) for sec, vals in by_section.items()}
+        )
+    except ConfigError as e:
+        raise _blame_user_field(e, preset, overrides) from None
+
+
+# A count that is only an upper end: unless the user sets it, it shrinks to the count that
+# bounds it (kd_students = min(3, seeds)), so that --seeds 2 never trips on students
+# nobody asked for.
+_CAPPED_BY = {"kd_students": "seeds"}
+
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for cls in _SECTIONS.values() for f in dataclasses.fields(cls)
+}
+
+
+def _fit_caps(values: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for name, bound in _CAPPED_BY.items():
+        b = values.get(bound, DEFAULTS[bound])
+        # An invalid bound is left for its own section to reject, naming it.
+        if name not in overrides and isinstance(b, int) and not isinstance(b, bool) and b >= 1:
+            values[name] = min(values.get(name, DEFAULTS[name]), b)
+
+
+def _blame_user_field(e: ConfigError, preset: str, overrides: Mapping[str, Any]) -> ConfigError:
+    """The error to show for ``e``: itself when it names a field the user set, else the
+    same rule reported on a field the user set and can change: one the rule involves
+    (d ≥ 2k: k), else one the preset derived the failing field from (σ_0 from ϱ). ``e``
+    itself when there is none (then the preset is wrong, which tests/test_overrides.py
+    looks for)."""
+    fields = [e.field.split("[")[0], *e.involves]
+    if fields[0] in overrides:
+        return e
+    blamed = next((f for f in fields if f in overrides), None)
+    for f in fields:
+        blamed = blamed or next(iter(_derived_from(preset, overrides, f)), None)
+    if blamed is None:
+        return e
+    return ConfigError(
+        blamed,
+        overrides[blamed],
+        f"it makes {e.field} = {e.value!r} (the preset's, not set by you) invalid: {e.allowed}",
+        involves=(e.field, *e.involves),
     )
+
+
+def _derived_from(preset: str, overrides: Mapping[str, Any], name: str) -> list[str]:
+    """The overridden fields the preset derives field ``name`` from: those whose removal
+    changes the value it gives ``name`` (presets are cheap pure functions)."""
+    fn = PRESETS[preset]
+    value = fn(overrides).get(name)
+    return [
+        f
+        for f in overrides
+        if fn({g: v for g, v in overrides.items() if g != f}).get(name) != value
+    ]
 
 
 def describe_presets() -> str:

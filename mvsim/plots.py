@@ -37,13 +37,15 @@ def _plt():
 
 def _save(fig, out: Path, name: str) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"{name}.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-        paths.append(str(p))
-    _plt().close(fig)
-    return paths
+    plt = _plt()
+    png, svg = out / f"{name}.png", out / f"{name}.svg"
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    # The same report gives the same SVG bytes (report.html inlines it): no date, and
+    # clip-path ids hashed with a fixed salt instead of a random one.
+    with plt.rc_context({"svg.hashsalt": name}):
+        fig.savefig(svg, dpi=130, bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return [str(png), str(svg)]
 
 
 def alignment_over_time(
@@ -539,7 +541,8 @@ def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
     out = Path(out)
     paths: list[str] = []
     mech = rep.get("mechanism", {})
-    fns = [alignment_over_time, view_matrix, claims_vs_bounds, comparison_bars]
+    # The verdicts first: report.html shows the figures in this order.
+    fns = [claims_vs_bounds, comparison_bars, alignment_over_time, view_matrix]
     if "history" in rep:
         fns.append(alignment_phases)
     if "init_alignment" in mech and "single" in mech.get("views", {}):

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def header(cfg: Config) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
         },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -84,18 +86,28 @@ def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically: a crash leaves either the old file or the new one."""
+    write_text(path, json.dumps(obj, indent=1, default=json_default))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically: temp file, fsync, rename. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=json_default)
+        # mkstemp makes the file private (0600); a report is to share, as any file written.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def json_default(o: Any) -> Any:
@@ -107,12 +119,22 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
-def _fmt_bound(lo: float | None, hi: float | None) -> str:
+def fmt_bound(lo: float | None, hi: float | None) -> str:
+    """A claim's bound in units of μ: '[lo, hi]', '< hi' or '≥ lo'."""
     if lo is not None and hi is not None:
         return f"[{lo:g}, {hi:g}]"
     if hi is not None:
         return f"< {hi:g}"
     return f"≥ {lo:g}"
+
+
+def view_gain_totals(c: dict[str, Any]) -> dict[str, int]:
+    """A distillation claim's view gains summed over its students (gained from the
+    teacher, that neither had, own lottery lost) and the views its controls gained."""
+    keys = ("gained_from_teacher", "gained_neither_had", "own_lottery_lost")
+    tot = {k: sum(g.get(k, 0) for g in c.get("view_gains", [])) for k in keys}
+    tot["control_gained"] = sum(g["gained_neither_had"] for g in c.get("control_view_gains", []))
+    return tot
 
 
 def table(rep: dict[str, Any]) -> str:
@@ -133,7 +155,7 @@ def table(rep: dict[str, Any]) -> str:
         rows.append(
             (
                 c["id"],
-                _fmt_bound(b["lo"], b["hi"]),
+                fmt_bound(b["lo"], b["hi"]),
                 f"{c['error_over_mu']:.4f}",
                 f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
                 f"{c['error_single_view']:.4f}",
@@ -149,14 +171,13 @@ def table(rep: dict[str, Any]) -> str:
     for c in rep["claims"]:
         out.append(f"{c['id']}: {c['reason']}")
         if "control_error_over_mu" in c:
-            gains = c["view_gains"]
-            tot = {k: sum(g[k] for g in gains) for k in gains[0]} if gains else {}
+            tot = view_gain_totals(c)
             out.append(
                 f"    control (own-init twin as teacher): {c['control_error_over_mu']:.4f}μ; "
-                f"views gained from teacher {tot.get('gained_from_teacher', 0)}, "
-                f"that neither had {tot.get('gained_neither_had', 0)}, "
-                f"own lottery lost {tot.get('own_lottery_lost', 0)}; the control itself gained "
-                f"{sum(g['gained_neither_had'] for g in c['control_view_gains'])} views"
+                f"views gained from teacher {tot['gained_from_teacher']}, "
+                f"that neither had {tot['gained_neither_had']}, "
+                f"own lottery lost {tot['own_lottery_lost']}; the control itself gained "
+                f"{tot['control_gained']} views"
             )
     mech = rep["mechanism"]
     out.append("")
@@ -208,16 +229,14 @@ def _ntk_cell(cell: dict[str, Any] | None) -> str:
     return f"{cell['error_over_mu']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def ntk_table(ntk: dict[str, Any]) -> list[str]:
-    """Lines of the deep-vs-NTK table (report.json ``ntk``): error/μ [95% CI] per cell, '—'
-    where a cell is not defined or not measured; then one line per NTK verdict."""
+def ntk_grid(ntk: dict[str, Any]) -> dict[str, Any]:
+    """The deep-vs-NTK table (report.json ``ntk``) as strings, for the terminal and HTML:
+    ``title``, ``head`` and ``body`` (error/μ [95% CI] per cell, '—' where a cell is not
+    defined or not measured), ``extra`` (the extra columns' cells) and ``verdicts``
+    [(name, verdict, reason)]."""
     tab = ntk["table"]
     rows_ = [r for r in ntk.get("rows", _NTK_ROWS) if r in tab]
     cols_ = list(ntk.get("columns", _NTK_COLUMNS))
-    head = ["error/μ [95% CI]"] + [_NTK_COLUMNS.get(c, c) for c in cols_]
-    body = [[_NTK_ROWS.get(r, r)] + [_ntk_cell(tab[r].get(c)) for c in cols_] for r in rows_]
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
     lin = tab.get("linearized", {}).get("single") or {}
     where = (
         f"; linearized and infinite-width rows on the first {lin['n_test_multi']} multi-view "
@@ -225,18 +244,33 @@ def ntk_table(ntk: dict[str, Any]) -> list[str]:
         if lin
         else ""
     )
-    out = [f"deep learning vs NTK on the same training set{where}"]
-    out += [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
-    extra = [
-        f"{r} {c}: {_ntk_cell(tab[r][c])}"
-        for r in rows_
-        for c in ntk.get("extra_columns", ())
-        if tab[r].get(c)
-    ]
-    if extra:
-        out.append("extra columns: " + "; ".join(extra))
     verdicts = ntk.get("verdicts", {})
     names = [n for n in _NTK_VERDICTS if n in verdicts]
     names += [n for n in verdicts if n not in _NTK_VERDICTS]
-    out += [f"{n}: {verdicts[n]['verdict']} — {verdicts[n].get('reason', '')}" for n in names]
+    return {
+        "title": f"deep learning vs NTK on the same training set{where}",
+        "head": ["error/μ [95% CI]"] + [_NTK_COLUMNS.get(c, c) for c in cols_],
+        "body": [
+            [_NTK_ROWS.get(r, r)] + [_ntk_cell(tab[r].get(c)) for c in cols_] for r in rows_
+        ],  # fmt: skip
+        "extra": [
+            f"{r} {c}: {_ntk_cell(tab[r][c])}"
+            for r in rows_
+            for c in ntk.get("extra_columns", ())
+            if tab[r].get(c)
+        ],
+        "verdicts": [(n, verdicts[n]["verdict"], verdicts[n].get("reason", "")) for n in names],
+    }
+
+
+def ntk_table(ntk: dict[str, Any]) -> list[str]:
+    """Lines of the deep-vs-NTK table (:func:`ntk_grid`), then one line per NTK verdict."""
+    g = ntk_grid(ntk)
+    head, body = g["head"], g["body"]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+    out = [g["title"], line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
+    if g["extra"]:
+        out.append("extra columns: " + "; ".join(g["extra"]))
+    out += [f"{n}: {v} — {reason}" for n, v, reason in g["verdicts"]]
     return out

@@ -154,15 +154,20 @@ class Point:
 
 
 def build_points(
-    preset: str, overrides: Mapping[str, Any], grid: Mapping[str, list[Any]]
+    preset: str,
+    overrides: Mapping[str, Any],
+    grid: Mapping[str, list[Any]],
+    claims: Sequence[str] | None = None,
 ) -> list[Point]:
     """Every point of the grid (product of the axes) as a validated config.
 
     Raises ConfigError before any compute: empty grid, a swept field also fixed by
-    ``overrides``, or any point whose config is invalid (the message names the point).
+    ``overrides``, any point whose config is invalid or that has too few seeds for one of
+    ``claims`` (default: all; the message names the point).
     Points that resolve to the same config are kept once.
     """
     from mvsim.store import config_hash
+    from mvsim.verify import check_claim_seeds
 
     if not grid:
         raise ConfigError(
@@ -177,6 +182,7 @@ def build_points(
         values = dict(zip(names, combo, strict=True))
         try:
             cfg = make_config(preset, {**overrides, **values})
+            check_claim_seeds(cfg, claims)
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (at grid point {values})") from None
         h = config_hash(cfg)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvsim import data, distill, mechanism, model
-from mvsim.config import FIELD_SECTION, Config
+from mvsim.config import FIELD_SECTION, Config, ConfigError
 from mvsim.model import ApplyFn
 from mvsim.train import accuracy, correct, init_seeds, precision, train_points
 
@@ -110,6 +110,34 @@ NEEDS: dict[str, set[str]] = {
 }
 
 
+# Single models a claim needs: an ensemble averages several, a KD student is taught by
+# the others and a self-distilled one by another single, so those need two.
+MIN_SEEDS: dict[str, int] = {
+    "single": 1,
+    "ensemble": 2,
+    "kd": 2,
+    "self_distillation": 2,
+    "training_average": 1,
+}
+
+
+def check_claim_seeds(cfg: Config, claims: Iterable[str] | None = None) -> None:
+    """Raise :class:`ConfigError` naming ``seeds`` (the ``--seeds`` flag) and the claim
+    when a requested claim (default: all) cannot be evaluated with ``cfg``'s seeds."""
+    ids = list(claims) if claims is not None else list(NEEDS)
+    seeds = cfg.verify.seeds
+    for c in ids:
+        if seeds < MIN_SEEDS[c]:
+            able = [i for i in ids if MIN_SEEDS[i] <= seeds] or ["single"]
+            raise ConfigError(
+                "seeds",
+                seeds,
+                f"claim '{c}' needs seeds ≥ {MIN_SEEDS[c]} (--seeds): it combines several "
+                f"single models; ask for more seeds or leave '{c}' out of --claims (with "
+                f"seeds = {seeds}: --claims {','.join(able)})",
+            )
+
+
 # Fields in which configs may differ and still be trained in one compiled call
 # (:func:`run_many`): the data is drawn per point in Python (so any data field that keeps
 # the shapes may differ), inits are drawn per point (σ_0), η is traced, and the rest is
@@ -151,7 +179,7 @@ def run_many(
     each stage is the whole batch's, with ``batch_points`` = Q when Q > 1.
 
     Raises ValueError (before any compute) for an unknown claim or configs that cannot
-    share a call.
+    share a call, :class:`ConfigError` for a claim a config has too few seeds for.
     """
     cfgs = list(cfgs)
     unknown = sorted(set(claims or ()) - set(NEEDS))
@@ -159,6 +187,8 @@ def run_many(
         raise ValueError(f"unknown claims {unknown}; known: {sorted(NEEDS)}")
     if not cfgs:
         return []
+    for c in cfgs:
+        check_claim_seeds(c, claims)
     keys = {batch_key(c) for c in cfgs}
     if len(keys) > 1:
         a, b = (dict(k) for k in list(keys)[:2])

@@ -53,8 +53,14 @@ INVALID_OVERRIDES = [
     ("tiny", {"d": 7}, "d", "2k = 8"),  # 2k orthonormal views need d >= 2k
     # tiny: C_p = 1, max_noisy = 6, so P must be >= 1 * (2 + 6) = 8.
     ("tiny", {"P": 7}, "P", "C_p·(2 + max_noisy) = 1·(2 + 6) = 8"),
-    # C_p = 2 needs P >= 2 * (2 + 6) = 16 with tiny's P = 8.
-    ("tiny", {"C_p": 2}, "P", "= 16"),
+    # C_p = 2 needs P >= 2 * (2 + 6) = 16 with tiny's P = 8: the user set C_p, not P.
+    ("tiny", {"C_p": 2}, "C_p", "P = 8 (the preset's, not set by you) invalid: must be ≥ C_p"),
+    ("tiny", {"C_p": 2, "P": 12}, "P", "= 16"),  # both set: the rule's own field
+    ("demo", {"max_noisy": None}, "max_noisy", "1·(2 + 18) = 20"),
+    ("demo", {"k": 150}, "k", "d = 200 (the preset's, not set by you) invalid: must be ≥ 2k"),
+    ("tiny", {"seeds": 2, "kd_students": 3}, "kd_students", "≤ seeds = 2"),
+    ("tiny", {"mu": 0.5, "n_test_multi": 0}, "n_test_multi", "unless mu = 1"),
+    ("tiny", {"n_test_multi": 0}, "n_test_multi", "unless mu = 1"),
     ("tiny", {"max_noisy": 7}, "max_noisy", "[0, 6]"),
     ("tiny", {"rho": (0.1, 0.05)}, "rho", "lo <= hi"),
     ("tiny", {"own_z": (2.0, 1.0)}, "own_z", "lo <= hi"),
@@ -84,7 +90,7 @@ INVALID_OVERRIDES = [
     ("tiny", {"project_noise": 1}, "project_noise", "true or false"),
     ("tiny", {"n_log": 1}, "n_log", "[2,"),
     ("tiny", {"block": -1}, "block", "[0,"),
-    ("tiny", {"seeds": 1}, "seeds", "[2,"),
+    ("tiny", {"seeds": 0}, "seeds", "[1,"),
     ("tiny", {"k": "abc"}, "k", "cannot parse as int"),
     ("tiny", {"bogus_field": 1}, "bogus_field", "unknown config field"),
 ]

@@ -51,3 +51,26 @@ def test_public_api_is_documented() -> None:
         and not (getattr(mvsim, name).__doc__ or "").strip()
     ]
     assert not missing, missing
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link (not only images) points at a committed file or folder."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert "docs/demo/report.html" in local
+    for link in local:
+        assert (ROOT / link).exists(), link
+
+
+def test_readme_documents_every_flag() -> None:
+    sub = next(
+        a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
+    )
+    missing = [
+        f"mvsim {name} {opt}"
+        for name, parser in sub.choices.items()
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in README
+    ]
+    assert not missing, missing

@@ -165,6 +165,8 @@ def test_dropping_report(drop_report):
     assert (out / "figures" / "dropping.png").exists() and (
         out / "figures" / "dropping.svg"
     ).exists()
+    page = (out / "report.html").read_text(encoding="utf-8")  # `--out` writes the page too
+    assert "mvsim experiment dropping" in page and page.count("<svg") == 1
     for r in rep["rows"]:
         assert all(v is None or isinstance(v, str | int | float | bool) for v in r.values())
         assert all(not (isinstance(v, float) and not math.isfinite(v)) for v in r.values())

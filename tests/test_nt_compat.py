@@ -230,3 +230,24 @@ def test_empirical_ntk_implementation_3_is_broken_on_current_jax() -> None:
     ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=3)
     with pytest.raises((TypeError, AttributeError)):
         ntk_fn(x, None, params)
+
+
+def test_mvsim_neural_tangents_imports_it_in_a_fresh_interpreter():
+    """`mvsim.neural_tangents()` is the public way in: in a new process (nothing patched
+    yet) it returns the module, its kernels work, and a later `import neural_tangents`
+    gets the same module."""
+    import subprocess
+
+    code = (
+        "import mvsim, numpy as np\n"
+        "nt = mvsim.neural_tangents()\n"
+        "import neural_tangents\n"
+        "assert nt is neural_tangents\n"
+        "_, _, kernel_fn = nt.stax.serial(nt.stax.Dense(1), nt.stax.Relu(), nt.stax.Dense(1))\n"
+        "x = np.eye(3, dtype=np.float32)\n"
+        "k = np.asarray(kernel_fn(x, x, 'nngp'))\n"
+        "assert k.shape == (3, 3) and np.isfinite(k).all() and (np.diag(k) > 0).all()\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -83,7 +84,8 @@ BAD_GRIDS = [
     (["mu=0.1", "mu=0.2"], "mu", "given twice"),
     (["rho=0.01,0.02"], "rho", "pair field"),
     (["P=7,8"], "P", "C_p·(2 + max_noisy)"),  # a combination the config rejects
-    (["k=4,40"], "d", "2k = 80"),  # k = 40 needs d ≥ 80: names d, and the point
+    # k = 40 needs d ≥ 80, and tiny's d is 64: names k, the field the grid set, and the point
+    (["k=4,40"], "k", "d = 64 (the preset's, not set by you) invalid: must be ≥ 2k = 80"),
     (["mu"], "mu", "field=v1,v2"),
 ]
 
@@ -297,11 +299,24 @@ def test_parquet_without_pyarrow_says_how_to_install(resumed, monkeypatch, capsy
 
 
 def test_sweep_plots(resumed, tmp_path: Path) -> None:
+    """`mvsim plot` writes the figures and report.html: an index of the points with each
+    claim's error/μ and verdict, and the figures inline."""
     assert cli.main(["plot", str(resumed[0]), "--out", str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(f"{n}.{e}" for n in ("error_vs_mu", "views_vs_mu")
-                           for e in ("png", "svg"))  # fmt: skip
+    assert names == sorted([f"{n}.{e}" for n in ("error_vs_mu", "views_vs_mu")
+                            for e in ("png", "svg")] + ["report.html"])  # fmt: skip
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page and page.count("<svg") == 2
+    df = store.read_results(resumed[0])
+    rows = re.findall(r"<tr>(.*?)</tr>", page.split('id="points"')[1].split("</table>")[0], re.S)
+    assert len(rows) == 1 + df["config_hash"].nunique()  # header + one row per point
+    for _, r in df.iterrows():
+        cell = f"{r['error_over_mu']:.4f} [{r['ci_lo']:.4f}, {r['ci_hi']:.4f}]"
+        row = next(x for x in rows[1:] if f">{r['point_mu']:.4g}<" in x)
+        assert cell in row and f'class="verdict {r["verdict"]}">' in row, (cell, row)
+    for claim in ("single", "ensemble"):
+        assert f"<code>{claim}</code>" in page
 
 
 def _two_axes(df):

@@ -12,11 +12,8 @@ from mvsim.claims import CLAIMS
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify")
-    rc = cli.main(["verify", "--preset", "tiny", "--out", str(out), "--no-progress"])
-    assert rc == 0
-    return json.loads((out / "report.json").read_text()), out
+def report(tiny_verify):
+    return tiny_verify  # conftest.py: one tiny verify run, shared with test_html.py
 
 
 def test_report_schema(report):
@@ -232,3 +229,30 @@ def test_run_many_rejects_configs_that_cannot_share_a_call():
 
     with pytest.raises(ValueError, match=r"differ in \['P'\]"):
         verify.run_many([make_config("tiny"), make_config("tiny", {"P": 9})])
+
+
+# --- exit status -------------------------------------------------------------------------------
+
+
+def test_strict_exits_1_when_a_claim_fails(capsys):
+    """One GD step cannot fit the training set, so `single` FAILs on its precondition:
+    the status stays 0 without --strict and is 1 with it. One seed is enough for
+    `single` (it used to be rejected)."""
+    argv = ["verify", "--preset", "tiny", "--seeds", "1", "--claims", "single", "--set", "T=1",
+            "--set", "n_test_multi=200", "--set", "n_test_single=200", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "seeds=1" in out
+    assert cli.main([*argv, "--strict"]) == 1
+    assert "--strict: FAIL for single" in capsys.readouterr().err
+
+
+def test_strict_keeps_0_without_a_fail(report, capsys):
+    """--strict only reacts to FAIL: a report whose claims all PASS or are INCONCLUSIVE
+    keeps status 0 (the decision of cli._strict_status, on the tiny run's claims)."""
+    rep, _ = report
+    ok = [c for c in rep["claims"] if c["verdict"] != "FAIL"]
+    assert cli._strict_status(True, ok) == 0
+    failed = [c for c in rep["claims"] if c["verdict"] == "FAIL"]
+    assert cli._strict_status(True, rep["claims"]) == (1 if failed else 0)
+    assert cli._strict_status(False, rep["claims"]) == 0

@@ -20,12 +20,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvsim.config import Config
+from mvsim.config import Config, ConfigError
 from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
 NAMES = ("dropping", "gaussian", "theory-scaling")
 DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory"}
+# Single models each needs: dropping restores with the other seeds, gaussian measures an
+# ensemble and a KD student; theory-scaling evaluates the single models alone.
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1}
+
+
+def check_seeds(name: str, cfg: Config) -> None:
+    """Raise :class:`ConfigError` (naming ``seeds`` / ``--seeds`` and the experiment) when
+    experiment ``name`` cannot run with ``cfg``'s seeds, before any compute."""
+    if cfg.verify.seeds < MIN_SEEDS[name]:
+        raise ConfigError(
+            "seeds",
+            cfg.verify.seeds,
+            f"the {name} experiment needs seeds ≥ {MIN_SEEDS[name]} (--seeds): it compares "
+            "each model with the other seeds",
+        )
 
 
 def envelope(name: str, cfg: Config) -> dict[str, Any]:
@@ -59,10 +74,20 @@ def text_table(head: list[str], body: list[list[str]]) -> list[str]:
 def write(
     rep: dict[str, Any], out: str | Path, figure: Callable[[dict, Path], list[str]]
 ) -> list[str]:
-    """``out/report.json`` (atomic) and the experiment's figure under ``out/figures``."""
+    """``out/report.json`` (atomic), the experiment's figure under ``out/figures`` and
+    ``out/report.html`` (:func:`write_html`); returns the figure files."""
     out = Path(out)
     write_json(out / "report.json", rep)
-    return figure(rep, out / "figures")
+    paths = figure(rep, out / "figures")
+    write_html(rep, out / "report.html", paths)
+    return paths
+
+
+def write_html(rep: dict[str, Any], path: str | Path, figure_paths: list[str]) -> Path:
+    """The experiment's report.html: its table, verdicts, rows, figures, config, timing."""
+    from mvsim.html_report import write_experiment
+
+    return write_experiment(rep, path, figure_paths, module(rep["experiment"]).table(rep))
 
 
 def module(name: str):
@@ -78,4 +103,15 @@ def module(name: str):
     return mod
 
 
-__all__ = ["NAMES", "envelope", "fmt_ci", "module", "rate_ci", "text_table", "write"]
+__all__ = [
+    "MIN_SEEDS",
+    "NAMES",
+    "check_seeds",
+    "envelope",
+    "fmt_ci",
+    "module",
+    "rate_ci",
+    "text_table",
+    "write",
+    "write_html",
+]

@@ -36,7 +36,7 @@ import numpy as np
 
 from mvsim import data, model
 from mvsim.config import Config
-from mvsim.experiments import envelope, fmt_ci, rate_ci, text_table
+from mvsim.experiments import check_seeds, envelope, fmt_ci, rate_ci, text_table
 from mvsim.train import correct, precision, train
 from mvsim.verify import stream
 
@@ -94,6 +94,7 @@ def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     D, M, Tc = cfg.data, cfg.model, cfg.train
     if D.family != "multiview":
         raise ValueError("the dropping experiment needs family = 'multiview' (it drops views)")
+    check_seeds("dropping", cfg)
     K = cfg.verify.seeds
     with precision(Tc.dtype):
         dtype = jnp.dtype(Tc.dtype)

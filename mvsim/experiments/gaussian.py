@@ -37,7 +37,7 @@ import numpy as np
 from mvsim import verify
 from mvsim.config import Config
 from mvsim.data import gaussian_bayes_error, gaussian_mean
-from mvsim.experiments import envelope, fmt_ci, text_table
+from mvsim.experiments import check_seeds, envelope, fmt_ci, text_table
 from mvsim.stats import (
     Estimate,
     Verdict,
@@ -115,6 +115,7 @@ def gain_verdict(
 
 def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run single / ensemble / KD on both families; returns the report dict."""
+    check_seeds("gaussian", cfg)
     t_all = time.perf_counter()
     E = cfg.experiment
     timing: dict[str, float] = {}

@@ -60,10 +60,7 @@ def configs(
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ConfigError("ks", k, "every k must be an integer ≥ 2")
-        o = {**(overrides or {}), "k": k}
-        if "seeds" in o and "kd_students" not in o:  # no students here: keep seeds free
-            o["kd_students"] = min(make_config(preset).distill.kd_students, o["seeds"])
-        cfg = make_config(preset, o)
+        cfg = make_config(preset, {**(overrides or {}), "k": k})
         E = cfg.experiment
         out.append(cfg.replace(n_test_multi=E.exp_n_test_multi, n_test_single=E.exp_n_test_single))
     return out
