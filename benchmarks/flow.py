@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total: {t['gd_grad_evals']} / {t['flow_grad_evals']} gradient evaluations = "
           f"{t['eval_ratio']:.1f}x fewer; identical views: {t['identical_views']}")  # fmt: skip
     if args.out:
-        write_json(rep, args.out)
+        write_json(args.out, rep)
     return 0 if t["identical_views"] else 1
 
 

@@ -983,14 +983,11 @@ def run_verify(cfg: Any, flops_rate: float | None) -> dict[str, Any]:
         results = claims.evaluate_all(m)
     total = time.perf_counter() - t
     D, M, KD, Vc = cfg.data, cfg.model, cfg.distill, cfg.verify
-    per_step = 4 * D.N * D.P * D.d * D.k * M.m  # executed FLOPs of one network's step
-    single_steps = int(np.sum(m.groups["single"].steps))
-    student_steps = 3 * KD.kd_students * KD.kd_T if "kd" in m.groups else 0
-    avg_steps = (
-        int(np.sum(m.groups["training_average"].steps)) * KD.avg_members
-        if "training_average" in m.groups
-        else 0
-    )
+    per_step = 4 * D.N * D.P * D.d * D.k * M.m  # executed FLOPs of one network's gradient
+    evals = lambda g: int(np.sum(m.groups[g].grad_evals)) if g in m.groups else 0
+    single_steps = evals("single")
+    student_steps = sum(evals(g) for g in ("kd", "self_distillation", "control"))
+    avg_steps = evals("training_average") * KD.avg_members
     n_models = Vc.seeds + (3 * KD.kd_students if student_steps else 0)
     n_models += KD.avg_seeds * KD.avg_members if avg_steps else 0
     eval_flops = 2 * (Vc.n_test_multi + Vc.n_test_single) * D.P * D.d * D.k * M.m * n_models
@@ -1017,7 +1014,8 @@ def run_verify(cfg: Any, flops_rate: float | None) -> dict[str, Any]:
         "total_s": total,
         "stages_s": dict(m.timing),
         "verdicts": {r.id: r.verdict.name for r in results},
-        "gd_steps": {
+        "integrator": cfg.train.integrator,
+        "grad_evals": {
             "singles": single_steps,
             "students": student_steps,
             "training_average_networks": avg_steps,

@@ -154,3 +154,19 @@ def test_sweep_batching_benchmark_agrees_across_modes(tmp_path: Path) -> None:
     assert len(rep["reused"]["per_call_s"]) == 2 and len(rep["batched"]["per_call_s"]) == 1
     assert rep["batched"]["stages_s"][0]["batch_points"] == 2
     assert _is_num(rep["speedup_batched_over_reused"]) and "fresh" not in rep
+
+
+def test_flow_benchmark_compares_every_stage(tmp_path: Path) -> None:
+    """benchmarks.flow on tiny: each stage trained by both integrators from the same inits,
+    with gradient evaluations, walls, the view cells compared and the ratios; its exit
+    status is 0 only when every stage learned GD's views."""
+    out = tmp_path / "flow.json"
+    cmd = [sys.executable, "-m", "benchmarks.flow", "--preset", "tiny", "--set", "seeds=3",
+           "--set", "kd_T=200", "--out", str(out)]  # fmt: skip
+    rep = _report(cmd, out, ROOT, timeout=600)
+    for stage in ("singles", "students", "training_average"):
+        r = rep[stage]
+        assert r["gd"]["grad_evals"] > 0 and r["flow"]["grad_evals"] > 0
+        assert r["cells_differing"] == 0 and r["cells"] > 0
+        assert _is_num(r["eval_ratio"]) and _is_num(r["wall_ratio"])
+    assert rep["total"]["identical_views"] is True

@@ -40,6 +40,8 @@ NUMERIC: dict[str, tuple[float, float, bool]] = {
     "sigma_0": (0.0, 2.0, True),
     "eta": (0.0, 50.0, True), "T": (1, 100_000, False), "chunk": (1, 1000, False),
     "loss_tol": (0.0, 1.0, False), "n_log": (2, 200, False), "block": (0, 5000, False),
+    "flow_rtol": (0.0, 4.0, True), "flow_atol": (0.0, 1.0, True),
+    "flow_max_steps": (1, 10**6, False), "converge_tol": (0.0, 1.0, True),
     "kd_tau": (0.0, 5.0, True), "kd_hinton_tau": (0.0, 50.0, True),
     "kd_eta_ratio": (0.0, 20.0, False), "kd_alpha": (0.0, 1.0, False),
     "kd_T": (1, 10_000, False), "kd_students": (1, 20, False), "avg_members": (1, 8, False),
