@@ -275,6 +275,14 @@ def render(template: str, **values: Any) -> str:
     return _env().get_template(template).render(**values)
 
 
+def _training(t: Mapping[str, Any]) -> str:
+    """How the models were trained: the integrator (reports before it existed used GD)."""
+    if t.get("integrator", "gd") == "gd":
+        return f"fixed-η GD, η = {t['eta']:.4g}, T = {t['T']}"
+    return (f"gradient flow ({t['flow_solver']}, rtol {t['flow_rtol']:g}), "
+            f"η = {t['eta']:.4g}, T·η = {t['T'] * t['eta']:.4g}")  # fmt: skip
+
+
 def render_verify(rep: Mapping[str, Any], figure_paths: Iterable[str | Path]) -> str:
     """The page of a verify report (report.json's dict) and its figure files."""
     cfg = rep["config"]
@@ -285,6 +293,7 @@ def render_verify(rep: Mapping[str, Any], figure_paths: Iterable[str | Path]) ->
         ("seeds", str(cfg["verify"]["seeds"])),
         ("data", f"d = {d['d']}, P = {d['P']}, N = {d['N']}, μ = {d['mu']:.4g}"),
         ("model", f"m = {m['m']}, q = {m['q']}, ϱ = {m['varrho']:g}, σ0 = {m['sigma_0']:g}"),
+        ("training", _training(cfg["train"])),
     ]
     return render(
         "verify.html.j2",
