@@ -115,12 +115,12 @@ def solve(
         return jax.tree.map(jnp.negative, g), drift(loss, mean, t, eta)
 
     y0 = (params, loss_fn(params))
-    event, t1 = None, T * eta
+    event, at_init = None, jnp.zeros((), bool)
     if stop_fn is not None:
         cond = lambda t, y, args, **kw: stop_fn(*y)
-        # A rule that holds at the init stops there, as GD does at step 0 (a sign change
-        # would never come).
-        t1 = jnp.where(stop_fn(*y0) < 0, 0.0, t1)
+        # A rule that holds at the init stops there, as GD does at step 0; the event, a
+        # sign change, would never come (its solve runs on and is discarded below).
+        at_init = stop_fn(*y0) < 0
         # Bisection, not Newton: a margin is a min of maxes, piecewise smooth in t. Its
         # direction is fixed (decreasing) rather than detected: under vmap diffrax also
         # root-finds the models without an event, on a decreasing function whose root is
@@ -134,11 +134,12 @@ def solve(
     save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: metrics(y[0])),
                             dfx.SubSaveAt(t1=True)])  # fmt: skip
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(field), solver_cls(), 0.0, t1, eta, y0, stepsize_controller=ctrl,
+        dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
         event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
     )  # fmt: skip
     (loss, acc, lam), (t_end, (W_end, _)) = sol.ys[0], (sol.ts[1][0], sol.ys[1])
-    W_end = jax.tree.map(lambda a: a[0], W_end)
+    W_end = jax.tree.map(lambda a, p: jnp.where(at_init, p, a[0]), W_end, params)
     ok = (sol.result == dfx.RESULTS.successful) | (sol.result == dfx.RESULTS.event_occurred)
-    ok = ok & jnp.isfinite(loss_fn(W_end))
-    return Solved(W_end, t_end / eta, sol.stats["num_steps"] * per_step, ok, loss, acc, lam)
+    ok = at_init | (ok & jnp.isfinite(loss_fn(W_end)))
+    evals = jnp.where(at_init, 0, sol.stats["num_steps"] * per_step)
+    return Solved(W_end, jnp.where(at_init, 0.0, t_end / eta), evals, ok, loss, acc, lam)

@@ -214,3 +214,19 @@ def test_students_gain_the_same_views_by_source():
     f, g = verified()
     for name in ("single", "kd", "self_distillation", "control"):
         np.testing.assert_array_equal(f.groups[name].views, g.groups[name].views, name)
+
+
+@pytest.mark.parametrize("integrator", ["flow", "gd"])
+def test_a_model_that_fits_at_init_stops_at_step_0(integrator):
+    """Training points that seed 0's init already classifies right: it stops at step 0 with
+    its init weights (no sign change would ever trigger the flow's event), seed 1 trains."""
+    cfg, V, x, y, net, W0 = setup()
+    right = lambda W: np.asarray(jnp.argmax(net.apply(W, x), 1) == y)
+    ok0, ok1 = right(W0[0]), right(W0[1])
+    pick = np.concatenate([np.nonzero(ok0 & ok1)[0][:2], np.nonzero(ok0 & ~ok1)[0][:1]])
+    assert pick.size == 3
+    tc = dataclasses.replace(cfg.train, integrator=integrator)
+    r = train(None, net, x[pick], y[pick], V, tc, init_params=W0[:2])
+    assert r.stop_step[0] == 0 and r.grad_evals[0] == 0
+    np.testing.assert_array_equal(np.asarray(r.params[0]), np.asarray(W0[0]))
+    assert 0 < r.stop_step[1] < cfg.train.T and r.final_accuracy[1] == 1.0
