@@ -1,11 +1,17 @@
-"""Full-batch gradient descent, one seed at a time, vmapped over seeds and points.
+"""Full-batch training, one seed at a time, vmapped over seeds and points.
 
-:func:`_one_seed_chunk` advances ONE seed by ``chunk`` GD steps with ``lax.scan``;
-:func:`train_points` vmaps it over seeds (a point's seeds share its data unless given their
-own teacher) and over points (sweep points of the same shapes, each with its own data and
-η), and calls it chunk after chunk until every model has stopped. :func:`train` is one
-point. Between chunks (never inside a step) the host checks for divergence and early
-stopping. Neither seeds nor points are looped over in Python.
+Two integrators of the same path (``TrainConfig.integrator``):
+
+- 'flow' (the default): :func:`_flow_one` integrates ONE model's gradient flow over the
+  whole run (:func:`mvsim.flow.solve`, adaptive steps, the stop rule as an event);
+- 'gd' (the reference): :func:`_one_seed_chunk` advances ONE seed by ``chunk`` fixed-η
+  GD steps with ``lax.scan``, called chunk after chunk until every model has stopped,
+  the host checking divergence and compacting stopped models away between chunks.
+
+:func:`train_points` vmaps either over seeds (a point's seeds share its data unless given
+their own teacher) and over points (sweep points of the same shapes, each with its own
+data and η); :func:`train` is one point. Neither seeds nor points are looped over in
+Python.
 """
 
 from __future__ import annotations
@@ -285,7 +291,8 @@ def train(
     desc: str = "train",
     shard: bool = True,
 ) -> TrainResult:
-    """Train S seeds of ``net`` by full-batch GD on (x, y), vmapped over seeds.
+    """Train S seeds of ``net`` on (x, y) (the flow or GD, ``cfg.integrator``), vmapped
+    over seeds.
 
     Args:
       key: PRNG key for the S initialisations (ignored when ``init_params`` is given).
@@ -293,7 +300,7 @@ def train(
       x: (N, P, d) training inputs, shared by every seed.
       y: (N,) labels.
       V: (k, 2, d) views, for recording Λ.
-      cfg: the training config (η, T, chunk, early stop, dtype).
+      cfg: the training config (integrator and its tolerances, η, T, early stop, dtype).
       seeds: S (required unless ``init_params`` is given).
       init_params: (S, ...) initial params, e.g. to distil into a known init.
       objective: ``objective(logits, y, teacher) -> loss``; default cross-entropy.
@@ -306,7 +313,8 @@ def train(
     This is :func:`train_points` with one point.
 
     Raises:
-      DivergenceError: the loss or outputs became NaN/Inf (names seed and step).
+      DivergenceError: the loss or outputs became NaN/Inf, or the flow's solver failed
+        (names the seed, and GD's step or the flow's GD-equivalent step).
     """
     with precision(cfg.dtype, cfg.matmul_precision):
         if init_params is None:
