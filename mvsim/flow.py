@@ -131,13 +131,17 @@ def solve(
     norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e[0])]))
     ctrl = dfx.PIDController(rtol=cfg.flow_rtol, atol=cfg.flow_atol * rms(params),
                              norm=norm, **PI)  # fmt: skip
-    save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: metrics(y[0])),
+    # The weights are saved, and the metrics taken after the solve in one batched pass:
+    # metrics inside the loop made every step's program larger (compile) and, under vmap,
+    # evaluated them at steps where another model had a save pending.
+    save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: y[0]),
                             dfx.SubSaveAt(t1=True)])  # fmt: skip
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
         event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
     )  # fmt: skip
-    (loss, acc, lam), (t_end, (W_end, _)) = sol.ys[0], (sol.ts[1][0], sol.ys[1])
+    (t_end, (W_end, _)) = (sol.ts[1][0], sol.ys[1])
+    loss, acc, lam = jax.vmap(metrics)(sol.ys[0])  # inf past the stop: masked by the caller
     W_end = jax.tree.map(lambda a, p: jnp.where(at_init, p, a[0]), W_end, params)
     ok = (sol.result == dfx.RESULTS.successful) | (sol.result == dfx.RESULTS.event_occurred)
     ok = at_init | (ok & jnp.isfinite(loss_fn(W_end)))

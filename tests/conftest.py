@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import pytest
 
-from mvsim import cli
+# One persistent compilation cache for the session, set before JAX is imported so that it
+# holds in-process and in every subprocess a test starts (benchmarks, sharding, resume):
+# a program compiled once (a diffrax solve takes seconds) is not compiled again. It
+# changes no result, only who compiles.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvsim-jax-"))
+
+from mvsim import cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")
