@@ -367,7 +367,8 @@ def train_points(
     Returns a :class:`TrainResult` whose arrays carry a leading (Q, S) (``steps`` (L,)).
 
     Raises:
-      DivergenceError: the loss or outputs became NaN/Inf (names point, seed and step).
+      DivergenceError: the loss or outputs became NaN/Inf, or the flow's solver failed
+        (names the point, the seed, and GD's step or the flow's GD-equivalent step).
     """
     T = cfg.T if T is None else T
     stop = cfg.stop if stop is None else stop
