@@ -1,7 +1,8 @@
 """Smoke test of the benchmark harness: the ``--quick`` run finishes and writes a JSON of the
 documented shape. Timings are never asserted (they belong to the machine and its load).
 
-The full benchmarks are not part of the test run; the GPU script's CPU form is a slow test
+The full benchmarks are not part of the test run; the GPU script's CPU form and the
+sweep-batching and flow benchmarks' smoke runs are slow tests
 (``pytest -m slow tests/test_benchmarks.py``).
 """
 
@@ -139,6 +140,10 @@ def test_gpu_script_runs_quick_on_cpu(tmp_path: Path) -> None:
     assert isinstance(prec["verdicts_unchanged"], bool)
 
 
+# Slow (35 s and 31 s of compiling in a fresh process each): what they compare is also
+# checked in the default run, the flow against GD by tests/test_flow.py and batched against
+# one-by-one sweeps by tests/test_sweep.py; these two check the benchmark scripts around it.
+@pytest.mark.slow
 def test_sweep_batching_benchmark_agrees_across_modes(tmp_path: Path) -> None:
     """The batched and one-by-one modes of benchmarks.sweep_batching store the same numbers
     (its exit status says so) and the report has each mode's time and the ratio."""
@@ -156,6 +161,7 @@ def test_sweep_batching_benchmark_agrees_across_modes(tmp_path: Path) -> None:
     assert _is_num(rep["speedup_batched_over_reused"]) and "fresh" not in rep
 
 
+@pytest.mark.slow
 def test_flow_benchmark_compares_every_stage(tmp_path: Path) -> None:
     """benchmarks.flow on tiny: each stage trained by both integrators from the same inits,
     with gradient evaluations, walls, the view cells compared and the ratios; its exit
