@@ -2,7 +2,7 @@
 
 Every parameter of the ``theory`` preset is computed from k (P = k², d = 4k², μ = 1/k,
 N = k^1.2/μ, s = k^0.2, ρ = k^−0.01, Γ = 1/ln k, ϱ = 1/ln k, σ_0^{q−2} = 1/k, η = 1/k,
-T = k³; :func:`mvsim.config._theory`). For each k in the list, the verify pipeline trains
+T = k³; :func:`mvsim.presets._theory`). For each k in the list, the verify pipeline trains
 the singles and measures claim ``single`` (Theorem 1: error/μ in [0.49, 0.51] with
 perfect training accuracy) and the view-learning mechanism. The rows say, per k, where
 the literal recipe stands: the one-view fraction (the theorem needs ≈ 1), error/μ (≈ 0.5),
