@@ -29,15 +29,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks.sweep_batching import _clear
 from mvsim import data, distill, model, train, verify
 from mvsim.config import make_config, parse_set
 from mvsim.report import write_json
-
-
-def _clear() -> None:
-    jax.clear_caches()
-    for fn in (train._chunk_fn, model._apply_fn, model._avg_apply_fn, distill.objective):
-        fn.cache_clear()
 
 
 def _stage(name: str, fit, views) -> dict[str, Any]:

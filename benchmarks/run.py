@@ -985,13 +985,13 @@ def run_verify(cfg: Any, flops_rate: float | None) -> dict[str, Any]:
     D, M, KD, Vc = cfg.data, cfg.model, cfg.distill, cfg.verify
     per_step = 4 * D.N * D.P * D.d * D.k * M.m  # executed FLOPs of one network's gradient
     evals = lambda g: int(np.sum(m.groups[g].grad_evals)) if g in m.groups else 0
-    single_steps = evals("single")
-    student_steps = sum(evals(g) for g in ("kd", "self_distillation", "control"))
-    avg_steps = evals("training_average") * KD.avg_members
-    n_models = Vc.seeds + (3 * KD.kd_students if student_steps else 0)
-    n_models += KD.avg_seeds * KD.avg_members if avg_steps else 0
+    single_evals = evals("single")
+    student_evals = sum(evals(g) for g in ("kd", "self_distillation", "control"))
+    avg_evals = evals("training_average") * KD.avg_members
+    n_models = Vc.seeds + (3 * KD.kd_students if student_evals else 0)
+    n_models += KD.avg_seeds * KD.avg_members if avg_evals else 0
     eval_flops = 2 * (Vc.n_test_multi + Vc.n_test_single) * D.P * D.d * D.k * M.m * n_models
-    train_flops = per_step * (single_steps + student_steps + avg_steps)
+    train_flops = per_step * (single_evals + student_evals + avg_evals)
     bound = (train_flops + eval_flops) / (flops_rate * 1e9) if flops_rate else None
     return {
         "preset": cfg.preset,
@@ -1016,9 +1016,9 @@ def run_verify(cfg: Any, flops_rate: float | None) -> dict[str, Any]:
         "verdicts": {r.id: r.verdict.name for r in results},
         "integrator": cfg.train.integrator,
         "grad_evals": {
-            "singles": single_steps,
-            "students": student_steps,
-            "training_average_networks": avg_steps,
+            "singles": single_evals,
+            "students": student_evals,
+            "training_average_networks": avg_evals,
             "single_stop_steps": np.asarray(m.groups["single"].steps).tolist(),
         },
         "flops": {"train": train_flops, "evaluate": eval_flops},

@@ -78,19 +78,22 @@ def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.where(n_ok == y.shape[0], 1.0, n_ok / y.shape[0])
 
 
-def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """F_y > F_i for every i ≠ y (ties are errors), shape (n,) bool."""
+def _margins(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """F_y − max_{i≠y} F_i per row, shape (n,)."""
     fy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
     other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
-    return fy > other.max(axis=1)
+    return fy - other.max(axis=1)
+
+
+def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """F_y > F_i for every i ≠ y (ties are errors), shape (n,) bool."""
+    return _margins(logits, y) > 0
 
 
 def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
     """min over rows of F_y − max_{i≠y} F_i: positive exactly when every row is right
     (ties are errors), a real-valued form of ``accuracy == 1`` for locating the stop."""
-    fy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
-    other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
-    return (fy - other.max(axis=1)).min()
+    return _margins(logits, y).min()
 
 
 def precision(dtype: str, matmul: str | None = None) -> contextlib.AbstractContextManager:
