@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mvsim import mechanism as mechanism_mod
 from mvsim.stats import Estimate, Verdict, combine_verdicts, paired_diff_ci, verdict
 from mvsim.verify import Group, Measurements
 
@@ -358,8 +359,10 @@ def mechanism(m: Measurements) -> dict[str, Any]:
     fractions of classes with one / two / no view; ``lottery_prediction_accuracy`` (the
     larger initial alignment wins, among one-view classes); ``two_views_by_initial_ratio``;
     ``memorisation`` (summary and ``points``, see :func:`mvsim.mechanism.memorisation_split`);
-    ``init_alignment`` (K, k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩; ``views`` {group: (S, k, 2)
-    0/1 learned views} for every trained group (single, kd, self_distillation, control).
+    ``escape_steps`` (K, k) the recorded step at which a class's first view reached ϱ
+    (−1: none did); ``init_alignment`` (K, k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩;
+    ``views`` {group: (S, k, 2) 0/1 learned views} for every trained group (single, kd,
+    self_distillation, control).
     """
     views = m.groups["single"].views  # (K, k, 2)
     per_class = views.sum(-1)
@@ -368,7 +371,7 @@ def mechanism(m: Measurements) -> dict[str, Any]:
     lottery_ok = (learned_view == m.lottery)[one]
     a = np.maximum(m.init_alignment, 0.0)
     ratio = a.min(-1) / np.maximum(a.max(-1), 1e-30)
-    bins = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0]
+    bins = mechanism_mod.RATIO_BINS
     two_by_ratio = []
     for lo, hi in zip(bins[:-1], bins[1:], strict=True):
         sel = (ratio >= lo) & ((ratio < hi) if hi < 1 else (ratio <= hi))
@@ -380,8 +383,16 @@ def mechanism(m: Measurements) -> dict[str, Any]:
                 "frac_two_views": float((per_class[sel] == 2).mean()) if sel.any() else None,
             }
         )
+    hist = m.single_history
+    # A class escapes when its first view reaches ϱ: the end of the plateau the race
+    # decides (mechanism.crossing_steps; -1 where no view got there).
+    cross = mechanism_mod.crossing_steps(
+        hist["steps"], np.maximum(hist["alignment"], 0.0), m.cfg.model.varrho
+    ).astype(float)
+    escape = np.where(cross >= 0, cross, np.inf).min(-1)
     return {
         "views_learned": per_class.tolist(),
+        "escape_steps": np.where(np.isfinite(escape), escape, -1).astype(int).tolist(),
         "frac_one_view": float(one.mean()),
         "frac_two_views": float((per_class == 2).mean()),
         "frac_no_view": float((per_class == 0).mean()),

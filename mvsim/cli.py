@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mvsim.config import Config, ConfigError, describe_presets, load_file, make_config, parse_set
 
@@ -135,16 +136,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     overrides.update(parse_set(args.set))
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
-    if args.name == "theory-scaling":
-        try:
-            ks = [int(v) for v in args.ks.split(",")] if args.ks else list(mod.DEFAULT_KS)
-        except ValueError:
-            msg = "must be comma-separated integers, e.g. 4,6,8"
-            raise ConfigError("--ks", args.ks, msg) from None
-        rep = mod.run(ks, preset, overrides, progress=not args.no_progress)
+    for flag in ("family", "claims"):
+        if getattr(args, flag) is not None and args.name != "k-scaling":
+            raise ConfigError(f"--{flag}", getattr(args, flag), "applies to k-scaling only")
+    if args.name == "k-scaling":
+        rep = _k_scaling(args, mod, overrides)
+    elif args.name == "theory-scaling":
+        rep = mod.run(_ks(args, mod), preset, overrides, progress=not args.no_progress)
     else:
         if args.ks:
-            raise ConfigError("--ks", args.ks, "applies to theory-scaling only")
+            raise ConfigError("--ks", args.ks, "applies to theory-scaling and k-scaling only")
         cfg = make_config(preset, overrides)
         rep = mod.run(cfg, progress=not args.no_progress)
     print(mod.table(rep))
@@ -158,6 +159,31 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         n = store.write_experiment(args.store, rep)
         print(f"stored {n} rows of {args.name} in {args.store}")
     return 0
+
+
+def _ks(args: argparse.Namespace, mod: Any) -> list[int]:
+    try:
+        return [int(v) for v in args.ks.split(",")] if args.ks else list(mod.DEFAULT_KS)
+    except ValueError:
+        raise ConfigError("--ks", args.ks, "must be comma-separated integers, e.g. 4,6,8") from None
+
+
+def _k_scaling(args: argparse.Namespace, mod: Any, overrides: dict[str, Any]) -> dict:
+    """The k-scaling run: its points go to the store (``--store``, else OUT/store.sqlite),
+    which a rerun of the same command resumes from."""
+    if args.preset is not None:
+        raise ConfigError("--preset", args.preset, "k-scaling takes --family instead")
+    if not args.store and not args.out:
+        raise ConfigError("--store", None, "k-scaling keeps its points in a store: give "
+                          "--store F.sqlite or --out DIR")  # fmt: skip
+    args.store = args.store or str(Path(args.out) / "store.sqlite")
+    from mvsim import sweep
+
+    family = args.family or "demo"
+    claims = sweep.check_claims(args.claims.split(",")) if args.claims else None
+    mod.points(_ks(args, mod), family, overrides, claims)  # all validated before compute
+    return mod.run(_ks(args, mod), family, overrides, store=args.store, claims=claims,
+                   progress=not args.no_progress)  # fmt: skip
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
@@ -290,17 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
-    p.add_argument("name", choices=("dropping", "gaussian", "theory-scaling"))
+    p.add_argument("name", choices=("dropping", "gaussian", "theory-scaling", "k-scaling"))
     p.add_argument("--preset", default=None,
                    help="preset (default: demo; theory for theory-scaling)")  # fmt: skip
+    p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all)")
+    p.add_argument("--family", default=None,
+                   help="k-scaling: the preset family swept over k (demo, demo-logm, "
+                   "demo-theory; default demo)")  # fmt: skip
     p.add_argument("--config", help="JSON or TOML file of field overrides (flat or by section)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field (repeatable)")  # fmt: skip
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
-    p.add_argument("--ks", help="theory-scaling: comma-separated k values (default 4,6,8,10)")
+    p.add_argument("--ks", help="theory-scaling (default 4,6,8,10) and k-scaling (default "
+                   "3,5,10,20,30,40): comma-separated k values")  # fmt: skip
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--store", help="also store the result rows in this SQLite store "
-                   "(mvsim.store.read_experiments reads them back)")  # fmt: skip
+                   "(mvsim.store.read_experiments reads them back); k-scaling keeps its "
+                   "points there and resumes from it (default: OUT/store.sqlite)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_experiment)
 

@@ -12,6 +12,7 @@ never trips on its own: an error is reported on a field the user set
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,10 +39,15 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
     """k = 10 regime of the feasibility study (study 2): projected noise of norm 0.1 on
     feature patches and 1.2 elsewhere, ϱ = 1, σ_0/ϱ ≈ 0.033, q = 4, s = 4 with ρ < Γ,
     60 multi-view points per class and one single-view point per (class, view).
-    Follows k: N = 62k, μ = 1/31, η = (2/3)ϱk, s = min(4, k − 1), max_noisy =
-    min(14, 2(k − 1))."""
+
+    Rule in k (k = 10 gives exactly these numbers): N = 62k, μ = 1/31, η = (2/3)ϱk,
+    s = min(4, k − 1), max_noisy = min(14, 2(k − 1)), d = max(200, 4k) (the 2k views fill
+    at most half the space, leaving the projected noise room), T = 10⁴·max(1, k/10)^{3/2}
+    (measured stops grow like k^{1.5}: at most 14,216 steps at k = 20 and 44,927 at 40;
+    the flow pays only for the steps a model takes), students capped at kd_T = 2T,
+    P = 16 and m = 4 fixed."""
     k = o.get("k", 10)
-    d = o.get("d", 200)
+    d = o.get("d", max(200, 4 * k))
     varrho = o.get("varrho", 1.0)
     n_multi, n_single = 60 * k, 2 * k
     return dict(
@@ -56,14 +62,49 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
         varrho=varrho,
         sigma_0=0.033 * varrho,
         eta=2 / 3 * varrho * k,
+        T=_demo_budget(k),
+        kd_T=2 * _demo_budget(k),
     )
+
+
+def _demo_budget(k: int) -> int:
+    return round(10_000 * max(1.0, k / 10) ** 1.5)
+
+
+def _demo_logm(o: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo family with m growing like ln k (the theory's polylog k), matched at k = 10.
+
+    Rule in k: demo's, and m = max(1, round(4 ln k / ln 10)) (k = 3: 2, 5: 3, 10: 4, 20: 5,
+    40: 6, 100: 8). More neurons per class make close initial races more common (the
+    init law of mechanism.initial_ratio_distribution), so beside demo it separates what
+    m does from what k does."""
+    k = o.get("k", 10)
+    return {**_demo(o), "m": max(1, round(4 * math.log(k) / math.log(10)))}
+
+
+def _demo_theory(o: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo family with the theory's scalings in k for σ_0, ϱ and the budget, each
+    matched at k = 10.
+
+    Rule in k: demo's, and ϱ = ln 10 / ln k (1/polylog k), σ_0 = 0.033 · (10/k)^{1/(q−2)}
+    (σ_0^{q−2} ∝ 1/k, which lengthens the plateau); σ_0/ϱ ∝ ln k/√k then stays near 0.03
+    up to k = 40 (0.029 at k = 3, 0.033 at 10, 0.026 at 40) and falls beyond; η = (2/3)ϱk
+    as in demo; T is demo's budget times the plateau's growth 1/σ_0^{q−2} ∝ k relative to
+    k = 10, 10⁴·max(1, k/10)^{5/2}, and kd_T = 2T."""
+    k = o.get("k", 10)
+    q = o.get("q", 4)
+    varrho = o.get("varrho", math.log(10) / math.log(k))
+    base = _demo({**o, "varrho": varrho})
+    sigma_0 = 0.033 * (10 / k) ** (1 / (q - 2)) if q > 2 else 0.033 * 10 / k
+    T = round(_demo_budget(k) * max(1.0, k / 10))
+    return {**base, "sigma_0": sigma_0, "T": T, "kd_T": 2 * T}
 
 
 def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
     """Seconds-sized runs for the test suite: k = 4, small N and d, few steps (N, μ, η,
-    s and max_noisy follow k as in demo)."""
+    s, max_noisy and d = max(64, 4k) follow k as in demo)."""
     k = o.get("k", 4)
-    d = o.get("d", 64)
+    d = o.get("d", max(64, 4 * k))
     n_multi, n_single = 30 * k, 2 * k
     return dict(
         k=k,
@@ -92,16 +133,17 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
 
 def _paper(o: Mapping[str, Any]) -> dict[str, Any]:
     """The demo regime with the budgets the theorems ask for, for a GPU or a long CPU run:
-    16 seeds, T = 20000, students capped at 60000 steps (4 of each kind), and test sets large
-    enough (400k multi-view, 80k single-view points) that a zero-error ensemble's CI lies
-    below 0.001μ with room to spare. Measured on the CPU (README, "Reproducing the
-    theorems"): the longer budgets move the distilled students to their levels but not
-    the single model, whose gap is set by the races the init leaves close, not by T."""
+    16 seeds, twice demo's T (20000 at k = 10), students capped at 3T (60000; 4 of each
+    kind), and test sets large enough (400k multi-view, 80k single-view points) that a
+    zero-error ensemble's CI lies below 0.001μ with room to spare. Measured on the CPU
+    (README, "Reproducing the theorems"): the longer budgets move the distilled students
+    to their levels but not the single model, whose gap is set by the races the init
+    leaves close, not by T."""
     return {
         **_demo(o),
         "seeds": 16,
-        "T": 20_000,
-        "kd_T": 60_000,
+        "T": 2 * _demo_budget(o.get("k", 10)),
+        "kd_T": 6 * _demo_budget(o.get("k", 10)),
         "kd_students": 4,
         "n_test_multi": 400_000,
         "n_test_single": 80_000,
@@ -164,6 +206,8 @@ _PRESET_INPUTS: dict[str, Callable[[Any], None]] = {
 
 PRESETS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "demo": _demo,
+    "demo-logm": _demo_logm,
+    "demo-theory": _demo_theory,
     "paper": _paper,
     "tiny": _tiny,
     "theory": _theory,
@@ -260,7 +304,10 @@ def describe_presets() -> str:
     lines = []
     for name, fn in PRESETS.items():
         cfg = make_config(name)
-        lines.append(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
+        doc = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+        lines.append(f"{name}: {' '.join(doc[0].split())}")
+        # A family's rule in k is the paragraph that says so; it is the preset's contract.
+        lines += [f"  {' '.join(p.split())}" for p in doc[1:] if p.startswith("Rule in k")]
         for key, value in cfg.flat().items():
             if isinstance(value, float):
                 value = f"{value:.6g}"

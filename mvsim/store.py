@@ -59,6 +59,10 @@ COLUMNS: dict[str, str] = {
     "lottery_accuracy": "REAL",  # one-view classes whose larger initial alignment won
     "seconds": "REAL",  # wall time of the whole point
     "timing_json": "TEXT",  # verify.run's per-stage timing (s)
+    # claims.mechanism without the memorisation points: the inits, every group's learned
+    # views and the escape steps, from which race curves are drawn after the fact.
+    "mechanism_json": "TEXT",
+    "peak_rss_bytes": "INTEGER",  # the process's peak resident memory during the point
     "started_at": "TEXT",  # ISO 8601 UTC
     "finished_at": "TEXT",
     "mvsim_version": "TEXT",
@@ -66,6 +70,11 @@ COLUMNS: dict[str, str] = {
     "backend": "TEXT",
     "n_devices": "INTEGER",
 }
+
+
+# Columns added after schema 1 shipped. A store without one gains it on open (ALTER TABLE
+# ADD COLUMN, NULL in the rows already there), so committed stores stay readable.
+ADDED_COLUMNS = ("mechanism_json", "peak_rss_bytes")
 
 
 def canonical_json(cfg: Config) -> str:
@@ -123,6 +132,10 @@ def _open(conn: sqlite3.Connection, path: Path) -> None:
             "write to a new --store (or export the old one with the mvsim that wrote it)"
         )
     have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+    for name in ADDED_COLUMNS:
+        if name not in have:  # a nullable column added later: its old rows read as NULL
+            conn.execute(f"ALTER TABLE results ADD COLUMN {name} {COLUMNS[name]}")
+            have.add(name)
     missing = [c for c in COLUMNS if c not in have]
     if missing:
         raise StoreError(
@@ -154,6 +167,7 @@ def write_point(
     timing: Mapping[str, float],
     started_at: str,
     env: Mapping[str, Any],
+    peak_rss_bytes: int | None = None,
 ) -> int:
     """Insert all rows of one finished point in one transaction; returns rows written.
 
@@ -194,6 +208,8 @@ def write_point(
             "lottery_accuracy": mechanism.get("lottery_prediction_accuracy"),
             "seconds": seconds,
             "timing_json": json.dumps(dict(timing), default=json_default),
+            "mechanism_json": json.dumps(_compact(mechanism), default=json_default),
+            "peak_rss_bytes": peak_rss_bytes,
             "started_at": started_at,
             "finished_at": finished,
             **{k: env[k] for k in ("mvsim_version", "jax_version", "backend", "n_devices")},
@@ -209,6 +225,14 @@ def write_point(
         conn.execute("ROLLBACK")
         raise
     return n
+
+
+def _compact(mechanism: Mapping[str, Any]) -> dict[str, Any]:
+    """The mechanism without the per-point memorisation rows (its summary stays)."""
+    out = dict(mechanism)
+    if isinstance(out.get("memorisation"), Mapping):
+        out["memorisation"] = {k: v for k, v in out["memorisation"].items() if k != "points"}
+    return out
 
 
 def read_results(path: str | Path) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mvsim.config import FIELD_SECTION, Config, ConfigError, coerce, make_config
+from mvsim.resources import PeakRSS
 
 # Fields that change an array shape or a compiled loop length: points that agree on all of
 # them share compiled code. (Any other field is a value traced or closed over.)
@@ -228,7 +229,8 @@ def _env() -> dict[str, Any]:
 
 
 def run_point(cfg: Config, claims: Sequence[str] | None) -> dict[str, Any]:
-    """Run verify on one config. Returns claims (ClaimResult dicts), mechanism, timing."""
+    """Run verify on one config. Returns claims (ClaimResult dicts), mechanism, timing,
+    seconds and the peak resident memory (bytes)."""
     return run_points([cfg], claims)[0]
 
 
@@ -241,7 +243,8 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
 
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
-    ms = verify.run_many(cfgs, claims=ids, progress=False)
+    with PeakRSS() as mem:
+        ms = verify.run_many(cfgs, claims=ids, progress=False)
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
          "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing)}
@@ -250,6 +253,7 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
     seconds = (time.perf_counter() - t0) / len(cfgs)
     for o in outs:
         o["seconds"] = seconds
+        o["peak_rss_bytes"] = mem.peak  # the batch's: its points share the arrays
     return outs
 
 
@@ -341,6 +345,7 @@ def run_sweep(
                 rows += st.write_point(
                     conn, p.cfg, p.values, out["claims"], out["mechanism"],
                     seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
+                    peak_rss_bytes=out["peak_rss_bytes"],
                 )  # fmt: skip
             done += len(batch)
             label = _short(batch[0][0].values) + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")

@@ -6,6 +6,8 @@
   the same shapes, beside the multi-view data; claim ``gaussian_ensemble_no_gain``.
 - ``theory-scaling`` (:mod:`.theory_scaling`): the paper's own parameter recipe (the
   ``theory`` preset) at growing k.
+- ``k-scaling`` (:mod:`.k_scaling`): a preset family (demo, demo-logm, demo-theory) swept
+  over k through the sweep store, every claim and the race model at each k.
 
 Each ``run_*`` is a function of a config (theory-scaling: of a preset, overrides and a
 list of k) and returns a JSON-ready report dict with the full config, versions, timing
@@ -24,11 +26,12 @@ from mvsim.config import Config, ConfigError
 from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
-NAMES = ("dropping", "gaussian", "theory-scaling")
-DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory"}
+NAMES = ("dropping", "gaussian", "theory-scaling", "k-scaling")
+DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory",
+                  "k-scaling": "demo"}  # fmt: skip
 # Single models each needs: dropping restores with the other seeds, gaussian measures an
 # ensemble and a KD student; theory-scaling evaluates the single models alone.
-MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1}
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1, "k-scaling": 2}
 
 
 def check_seeds(name: str, cfg: Config) -> None:
@@ -98,6 +101,8 @@ def module(name: str):
         from mvsim.experiments import gaussian as mod
     elif name == "theory-scaling":
         from mvsim.experiments import theory_scaling as mod
+    elif name == "k-scaling":
+        from mvsim.experiments import k_scaling as mod
     else:
         raise ValueError(f"unknown experiment {name!r}; known: {list(NAMES)}")
     return mod
