@@ -57,7 +57,7 @@ INVALID_OVERRIDES = [
     ("tiny", {"C_p": 2}, "C_p", "P = 8 (the preset's, not set by you) invalid: must be ≥ C_p"),
     ("tiny", {"C_p": 2, "P": 12}, "P", "= 16"),  # both set: the rule's own field
     ("demo", {"max_noisy": None}, "max_noisy", "1·(2 + 18) = 20"),
-    ("demo", {"k": 150}, "k", "d = 200 (the preset's, not set by you) invalid: must be ≥ 2k"),
+    ("demo", {"k": 150, "d": 200}, "d", "must be ≥ 2k"),  # d follows k unless set
     ("tiny", {"seeds": 2, "kd_students": 3}, "kd_students", "≤ seeds = 2"),
     ("tiny", {"mu": 0.5, "n_test_multi": 0}, "n_test_multi", "unless mu = 1"),
     ("tiny", {"n_test_multi": 0}, "n_test_multi", "unless mu = 1"),

@@ -84,8 +84,8 @@ BAD_GRIDS = [
     (["mu=0.1", "mu=0.2"], "mu", "given twice"),
     (["rho=0.01,0.02"], "rho", "pair field"),
     (["P=7,8"], "P", "C_p·(2 + max_noisy)"),  # a combination the config rejects
-    # k = 40 needs d ≥ 80, and tiny's d is 64: names k, the field the grid set, and the point
-    (["k=4,40"], "k", "d = 64 (the preset's, not set by you) invalid: must be ≥ 2k = 80"),
+    # C_p = 2 needs P ≥ 16, and tiny's P is 8: names C_p, the field the grid set, and the point
+    (["C_p=1,2"], "C_p", "P = 8 (the preset's, not set by you) invalid"),
     (["mu"], "mu", "field=v1,v2"),
 ]
 
