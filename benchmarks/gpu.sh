@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# mvsim on a GPU, in one command:   benchmarks/gpu.sh [--quick] [OUT.json]
+# mvsim on a GPU, in one command:   benchmarks/gpu.sh [--quick] [--part bench|k-scaling|all] [OUT.json]
 #
-# Runs, into one JSON (default benchmarks/results-gpu.json): the step's efficiency, seed
-# batching at S = 1..256 (cache-resident and memory-bound sizes), time to verdict of
-# `mvsim verify` at k = 10 and k = 20, a short sweep (verify at mu = 0.02 and 0.1), and the
-# demo verify again at the other matmul precision, saying whether any verdict changed.
+# Part bench runs, into one JSON (default benchmarks/results-gpu.json): the step's
+# efficiency, seed batching at S = 1..256 (cache-resident and memory-bound sizes), time to
+# verdict of `mvsim verify` at k = 10 and k = 20, a short sweep (verify at mu = 0.02 and
+# 0.1), and the demo verify again at the other matmul precision, saying whether any
+# verdict changed.
+#
+# Part k-scaling runs `mvsim experiment k-scaling` on the demo family at k = 10, 20, 40,
+# 70, 100 (all claims, the default seeds per k) into OUT's folder/k-scaling (report.json,
+# figures, report.html, store.sqlite; rerunning resumes from the store). Sized for about
+# 10 minutes on one H100/H200 from the CPU's measured growth (time per point ∝ k^~2.5, see
+# README "Convergence in k"): an estimate, not yet run on a GPU. --quick: the tiny family
+# at k = 2, 3 with single and ensemble only, a minute on a CPU (tests/test_k_scaling.py).
+# Default part: all (bench, then k-scaling).
 #
 # Installs nothing: needs jax (with its CUDA plugin) and mvsim importable already, e.g.
 # `pip install -e .` done beforehand. Budgeted for 10 minutes on one H100: work that would
@@ -24,10 +33,14 @@ cd "$here/.."
 
 quick=""
 out=""
+part=all
+next_is_part=""
 for arg in "$@"; do
+  if [ -n "$next_is_part" ]; then part="$arg"; next_is_part=""; continue; fi
   case "$arg" in
     --quick) quick="--quick" ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --part) next_is_part=1 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     -*) echo "gpu.sh: unknown option $arg" >&2; exit 2 ;;
     *) out="$arg" ;;
   esac
@@ -51,7 +64,29 @@ fi
 out="${out:-benchmarks/results-gpu.json}"
 echo "gpu.sh: backend $backend, matmul precision $JAX_DEFAULT_MATMUL_PRECISION (compared with $other), writing $out"
 
-exec "$PY" -m benchmarks.run $quick \
+case "$part" in
+  bench | k-scaling | all) ;;
+  *) echo "gpu.sh: --part must be bench, k-scaling or all, not $part" >&2; exit 2 ;;
+esac
+
+k_scaling() {
+  local dir
+  dir="$(dirname "$out")/k-scaling"
+  if [ -n "$quick" ]; then
+    "$PY" -m mvsim.cli experiment k-scaling --family tiny --ks 2,3 --claims single,ensemble \
+      --seeds 2 --set T=300 --set exp_n_test_multi=400 --set exp_n_test_single=400 \
+      --no-progress --out "$dir"
+  else
+    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 --out "$dir"
+  fi
+}
+
+if [ "$part" = k-scaling ]; then
+  k_scaling
+  exit 0
+fi
+
+"$PY" -m benchmarks.run $quick \
   --only efficiency,batching,verify,precision,sweep \
   --seeds 1,4,16,64,256 \
   --verify-k 10,20 \
@@ -60,3 +95,7 @@ exec "$PY" -m benchmarks.run $quick \
   --compare-precision "$other" \
   --budget-s "${MVSIM_BENCH_BUDGET_S:-540}" \
   --out "$out"
+
+if [ "$part" = all ]; then
+  k_scaling
+fi

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +157,21 @@ def test_figures_plot_the_stored_numbers(run_store, tmp_path):
     ys = [np.asarray(line.get_ydata(), float) for line in ax.lines]
     single = [r["single_error_over_mu"] for r in rep["rows"]]
     assert any(np.allclose(y, single) for y in ys if y.size == len(single))
+
+
+# Slow: a fresh process compiles every stage again (a minute on a quiet 2-core machine).
+# The experiment it wraps is tested in-process above.
+@pytest.mark.slow
+def test_gpu_script_k_scaling_quick_on_cpu(tmp_path):
+    """benchmarks/gpu.sh's k-scaling part, in its --quick form, runs on the CPU and leaves
+    a report beside the JSON it was given."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
+    cmd = ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--quick", "--part", "k-scaling",
+           str(tmp_path / "gpu.json")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rep = json.loads((tmp_path / "k-scaling" / "report.json").read_text())
+    assert rep["family"] == "tiny" and [r["k"] for r in rep["rows"]] == [2, 3]
+    assert (tmp_path / "k-scaling" / "store.sqlite").is_file()

@@ -466,3 +466,21 @@ def test_experiment_reports_are_stored_whole_and_replaced(tmp_path):
     np.testing.assert_array_equal(df["acc_after"].to_numpy(float), np.array(want, float))
     assert set(df["experiment"]) == {"dropping"} and df["config_hash"].nunique() == 1
     assert store.read_experiments(db, "gaussian").empty
+
+
+def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) -> None:
+    """A store written before mechanism_json and peak_rss_bytes existed stays readable:
+    its rows read them as NULL, and new points fill them."""
+    from mvsim import store as st
+
+    old = tmp_path / "before.sqlite"
+    cols = {n: t for n, t in st.COLUMNS.items() if n not in st.ADDED_COLUMNS}
+    with sqlite3.connect(old) as c:
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(st.SCHEMA_VERSION),))
+        body = ", ".join(f"{n} {t}" for n, t in cols.items())
+        c.execute(f"CREATE TABLE results ({body}, PRIMARY KEY (config_hash, claim))")
+        c.execute("INSERT INTO results (config_hash, claim, point_json) VALUES ('h', 'single', '{}')")
+    df = st.read_results(old)
+    assert set(st.ADDED_COLUMNS) <= set(df.columns)
+    assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
