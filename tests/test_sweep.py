@@ -480,7 +480,7 @@ def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) ->
         c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(st.SCHEMA_VERSION),))
         body = ", ".join(f"{n} {t}" for n, t in cols.items())
         c.execute(f"CREATE TABLE results ({body}, PRIMARY KEY (config_hash, claim))")
-        c.execute("INSERT INTO results (config_hash, claim, point_json) VALUES ('h', 'single', '{}')")
+        c.execute("INSERT INTO results (config_hash, claim, point_json) VALUES ('h', 's', '{}')")
     df = st.read_results(old)
     assert set(st.ADDED_COLUMNS) <= set(df.columns)
     assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
