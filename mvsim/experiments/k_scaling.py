@@ -452,6 +452,12 @@ def _ks(rep: dict[str, Any], ax) -> np.ndarray:
     return k
 
 
+def _with_ci(ax, k: np.ndarray, rows: list[dict], keys: tuple[str, str, str], **kw) -> None:
+    """A value and its CI (the three row keys) against k, as points with error bars."""
+    v, lo, hi = (np.array([r[key] for r in rows], float) for key in keys)
+    ax.errorbar(k, v, yerr=[v - lo, hi - v], fmt="o-", capsize=3, ms=4, **kw)
+
+
 def draw_errors(rep: dict[str, Any]):
     from mvsim.plots import PALETTE
 
@@ -459,11 +465,8 @@ def draw_errors(rep: dict[str, Any]):
     k = _ks(rep, ax)
     ax.axhspan(*BAND, color="grey", alpha=0.3, lw=0, label="single band [0.49, 0.51]")
     for j, c in enumerate(c for c in CLAIM_IDS if f"{c}_verdict" in rep["rows"][0]):
-        e = np.array([r[f"{c}_error_over_mu"] for r in rep["rows"]])
-        lo = np.array([r[f"{c}_ci_lo"] for r in rep["rows"]])
-        hi = np.array([r[f"{c}_ci_hi"] for r in rep["rows"]])
-        ax.errorbar(k, e, yerr=[e - lo, hi - e], fmt="o-", color=PALETTE[j], capsize=3,
-                    ms=4, label=c)  # fmt: skip
+        keys = (f"{c}_error_over_mu", f"{c}_ci_lo", f"{c}_ci_hi")
+        _with_ci(ax, k, rep["rows"], keys, color=PALETTE[j], label=c)
     pred = [r.get("single_finite_k_prediction") for r in rep["rows"]]
     ax.plot(k, pred, "s--", color=PALETTE[0], mfc="none", ms=5, label="single, finite-k prediction")
     ax.legend(fontsize=7)
@@ -476,11 +479,8 @@ def draw_two_view(rep: dict[str, Any]):
     fig, ax = _axes("classes that learned both views", "two-view fraction")
     k = _ks(rep, ax)
     rows = rep["rows"]
-    p = np.array([r["frac_two_view"] for r in rows])
-    lo = np.array([r["frac_two_view_lo"] for r in rows])
-    hi = np.array([r["frac_two_view_hi"] for r in rows])
-    ax.errorbar(k, p, yerr=[p - lo, hi - p], fmt="o-", color=PALETTE[0], capsize=3,
-                label="measured (95% CI)")  # fmt: skip
+    keys = ("frac_two_view", "frac_two_view_lo", "frac_two_view_hi")
+    _with_ci(ax, k, rows, keys, color=PALETTE[0], label="measured (95% CI)")
     ref = rep["summary"]["reference_k"]
     ax.plot(k, [r["two_view_predicted"] for r in rows], "s--", color=PALETTE[1],
             label=f"race model (k = {ref} curve, init law at each m)")  # fmt: skip
