@@ -240,7 +240,8 @@ def run_many(
         students = averages = None
         if "students" in needs:
             t = time.perf_counter()
-            setups = [student_setup(single_logits[q], singles.init_params[q], n_st)
+            setups = [student_setup(single_logits[q],
+                                    jax.tree.map(lambda a, q=q: a[q], singles.init_params), n_st)
                       for q in range(len(cfgs))]  # fmt: skip
             teachers = jnp.stack([s[0] for s in setups])
             st_inits = _stack([s[1] for s in setups])

@@ -6,6 +6,8 @@
   the same shapes, beside the multi-view data; claim ``gaussian_ensemble_no_gain``.
 - ``theory-scaling`` (:mod:`.theory_scaling`): the paper's own parameter recipe (the
   ``theory`` preset) at growing k.
+- ``learners`` (:mod:`.learners`, issue 18): every claim for the patch CNN, a ViT-tiny and
+  an MLP (and a user's module) side by side on the same data.
 
 Each ``run_*`` is a function of a config (theory-scaling: of a preset, overrides and a
 list of k) and returns a JSON-ready report dict with the full config, versions, timing
@@ -24,11 +26,12 @@ from mvsim.config import Config, ConfigError
 from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
-NAMES = ("dropping", "gaussian", "theory-scaling")
-DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory"}
-# Single models each needs: dropping restores with the other seeds, gaussian measures an
-# ensemble and a KD student; theory-scaling evaluates the single models alone.
-MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1}
+NAMES = ("dropping", "gaussian", "learners", "theory-scaling")
+DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "learners": "demo",
+                  "theory-scaling": "theory"}  # fmt: skip
+# Single models each needs: dropping restores with the other seeds, gaussian and learners
+# measure an ensemble and KD students; theory-scaling evaluates the single models alone.
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "learners": 2, "theory-scaling": 1}
 
 
 def check_seeds(name: str, cfg: Config) -> None:
@@ -96,6 +99,8 @@ def module(name: str):
         from mvsim.experiments import dropping as mod
     elif name == "gaussian":
         from mvsim.experiments import gaussian as mod
+    elif name == "learners":
+        from mvsim.experiments import learners as mod
     elif name == "theory-scaling":
         from mvsim.experiments import theory_scaling as mod
     else:
