@@ -188,6 +188,12 @@ def load(path: str) -> Callable[..., nnx.Module]:
     return obj
 
 
+def path_of(cls: type) -> str:
+    """The ``learner`` value that names class ``cls``: 'module:QualName'. A class defined
+    in a notebook is '__main__:Name', which the notebook's own process can import."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _spec(M: ModelConfig, P: int) -> tuple[Callable[..., nnx.Module], frozendict]:
     """The module class and keyword arguments of a non-patch-CNN learner."""
     if M.learner == "vit":
