@@ -1,7 +1,8 @@
 """mvsim: Allen-Zhu & Li's multi-view theory of ensembles and distillation, runnable.
 
 The public API, by concept (one module each): configs and presets (:mod:`mvsim.config`),
-the Definition-3.1 sampler (:mod:`mvsim.data`), the patch CNN (:mod:`mvsim.model`), the
+the Definition-3.1 sampler (:mod:`mvsim.data`), the patch CNN (:mod:`mvsim.model`) and
+other learners, flax.nnx modules included (:mod:`mvsim.learners`), the
 vmapped GD trainer (:mod:`mvsim.train`), distillation objectives (:mod:`mvsim.distill`),
 statistics and verdicts (:mod:`mvsim.stats`), the verify pipeline and its claims
 (:mod:`mvsim.verify`, :mod:`mvsim.claims`), reading the mechanism off a run

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mvsim import mechanism as mechanism_mod
+from mvsim import mechanism as mech
 from mvsim.stats import Estimate, Verdict, combine_verdicts, paired_diff_ci, verdict
 from mvsim.verify import Group, Measurements
 
@@ -363,15 +363,54 @@ def mechanism(m: Measurements) -> dict[str, Any]:
     (−1: none did); ``init_alignment`` (K, k, 2) max_r ⟨w^{(0)}_{i,r}, v_{i,ℓ}⟩;
     ``views`` {group: (S, k, 2) 0/1 learned views} for every trained group (single, kd,
     self_distillation, control).
+    ``view_analysis``: 'weights' (Λ, the patch CNN) or 'behaviour' (accuracy on each
+    view's single-view test points, any learner); ``view_accuracy`` {group: (S, k, 2)};
+    ``view_agreement`` {group: :func:`mvsim.mechanism.view_agreement`} where Λ was read.
+    A learner without Λ has no lottery: ``lottery_prediction_accuracy`` None, no
+    ``init_alignment`` or ``escape_steps``, an empty ``two_views_by_initial_ratio``.
     """
     views = m.groups["single"].views  # (K, k, 2)
     per_class = views.sum(-1)
     one = per_class == 1
-    learned_view = views.argmax(-1)
-    lottery_ok = (learned_view == m.lottery)[one]
+    out: dict[str, Any] = {
+        "view_analysis": m.view_analysis,
+        "views_learned": per_class.tolist(),
+        "frac_one_view": float(one.mean()),
+        "frac_two_views": float((per_class == 2).mean()),
+        "frac_no_view": float((per_class == 0).mean()),
+        "lottery_prediction_accuracy": None,
+        "two_views_by_initial_ratio": [],
+        "memorisation": m.memorisation,
+    }
+    if m.init_alignment is not None:
+        out.update(_lottery(m, views))
+    trained = {n: g for n, g in m.groups.items() if g.views is not None and np.ndim(g.views) == 3}
+    # For the lottery and self-distillation figures (mvsim.plots): every model's views.
+    out["views"] = {name: np.asarray(g.views, int).tolist() for name, g in trained.items()}
+    out["view_accuracy"] = {
+        name: [[[None if np.isnan(a) else round(float(a), 5) for a in c] for c in s]
+               for s in g.view_accuracy]
+        for name, g in trained.items() if g.view_accuracy is not None
+    }  # fmt: skip
+    if m.view_analysis == "weights":
+        out["view_agreement"] = {
+            name: mech.view_agreement(g.views, g.view_accuracy, m.cfg.verify.view_accuracy,
+                                      g.extra["view_strength"])
+            for name, g in trained.items()
+            if g.view_accuracy is not None and "view_strength" in g.extra
+        }  # fmt: skip
+    return out
+
+
+def _lottery(m: Measurements, views: np.ndarray) -> dict[str, Any]:
+    """The lottery read off Λ at init: how often the larger initial alignment won, and the
+    two-view fraction by initial ratio (the patch CNN only)."""
+    per_class = views.sum(-1)
+    one = per_class == 1
+    lottery_ok = (views.argmax(-1) == m.lottery)[one]
     a = np.maximum(m.init_alignment, 0.0)
     ratio = a.min(-1) / np.maximum(a.max(-1), 1e-30)
-    bins = mechanism_mod.RATIO_BINS
+    bins = mech.RATIO_BINS
     two_by_ratio = []
     for lo, hi in zip(bins[:-1], bins[1:], strict=True):
         sel = (ratio >= lo) & ((ratio < hi) if hi < 1 else (ratio <= hi))
@@ -386,25 +425,13 @@ def mechanism(m: Measurements) -> dict[str, Any]:
     hist = m.single_history
     # A class escapes when its first view reaches ϱ: the end of the plateau the race
     # decides (mechanism.crossing_steps; -1 where no view got there).
-    cross = mechanism_mod.crossing_steps(
+    cross = mech.crossing_steps(
         hist["steps"], np.maximum(hist["alignment"], 0.0), m.cfg.model.varrho
     ).astype(float)
     escape = np.where(cross >= 0, cross, np.inf).min(-1)
     return {
-        "views_learned": per_class.tolist(),
         "escape_steps": np.where(np.isfinite(escape), escape, -1).astype(int).tolist(),
-        "frac_one_view": float(one.mean()),
-        "frac_two_views": float((per_class == 2).mean()),
-        "frac_no_view": float((per_class == 0).mean()),
         "lottery_prediction_accuracy": float(lottery_ok.mean()) if lottery_ok.size else None,
         "two_views_by_initial_ratio": two_by_ratio,
-        "memorisation": m.memorisation,
-        # For the lottery and self-distillation figures (mvsim.plots): the tickets and
-        # every model's learned views.
         "init_alignment": np.round(m.init_alignment, 6).tolist(),
-        "views": {
-            name: np.asarray(g.views, int).tolist()
-            for name, g in m.groups.items()
-            if g.views is not None and np.ndim(g.views) == 3
-        },
     }

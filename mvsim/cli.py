@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mvsim.config import Config, ConfigError, describe_presets, load_file, make_config, parse_set
+from mvsim.config import (
+    Config,
+    ConfigError,
+    coerce,
+    describe_presets,
+    load_file,
+    make_config,
+    parse_set,
+)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -24,13 +32,38 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve(args: argparse.Namespace) -> Config:
-    """Preset + --config file + --set items (+ --seeds), validated before any compute."""
+def _learner_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--learner", metavar="NAME|MODULE:CLASS",
+                   help="the model to train: patch_cnn (default), vit, mlp, or a flax.nnx "
+                   "module 'my_pkg.models:MyNet' (= --set learner=...; its keyword arguments: "
+                   "--set learner_kwargs='{\"width\": 64}' or the config file)")  # fmt: skip
+
+
+def overrides_of(args: argparse.Namespace) -> dict:
+    """--config file, then --set items, then --seeds and --learner."""
     overrides = load_file(args.config) if args.config else {}
     overrides.update(parse_set(args.set))
     if getattr(args, "seeds", None) is not None:
         overrides["seeds"] = args.seeds
-    return make_config(args.preset, overrides)
+    if getattr(args, "learner", None) is not None:
+        overrides["learner"] = coerce("learner", args.learner)
+    return overrides
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """Preset + --config file + --set items (+ --seeds, --learner), validated before any
+    compute, the learner included (its import path and output shape,
+    :func:`mvsim.learners.check`)."""
+    cfg = make_config(args.preset, overrides_of(args))
+    _check_learner(cfg)
+    return cfg
+
+
+def _check_learner(cfg: Config) -> None:
+    if cfg.model.learner != "patch_cnn":
+        from mvsim import learners
+
+        learners.check(cfg.model, cfg.data.k, cfg.data.d, cfg.data.P)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -86,6 +119,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError("--claims", ",".join(bad), f"must be among {sorted(known)}")
     verify.check_claim_seeds(cfg, ids)
+    if args.ntk and cfg.model.learner != "patch_cnn":
+        raise ConfigError(
+            "learner",
+            cfg.model.learner,
+            "--ntk linearises the patch CNN; leave out --ntk or use learner=patch_cnn",
+        )
     if args.ntk and cfg.verify.seeds < 2:
         raise ConfigError(
             "seeds",
@@ -132,10 +171,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     mod = experiments.module(args.name)
     preset = args.preset or experiments.DEFAULT_PRESET[args.name]
-    overrides = load_file(args.config) if args.config else {}
-    overrides.update(parse_set(args.set))
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
+    overrides = overrides_of(args)
     for flag in ("family", "claims"):
         if getattr(args, flag) is not None and args.name != "k-scaling":
             raise ConfigError(f"--{flag}", getattr(args, flag), "applies to k-scaling only")
@@ -147,6 +183,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if args.ks:
             raise ConfigError("--ks", args.ks, "applies to theory-scaling and k-scaling only")
         cfg = make_config(preset, overrides)
+        _check_learner(cfg)
         rep = mod.run(cfg, progress=not args.no_progress)
     print(mod.table(rep))
     if args.out:
@@ -227,10 +264,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mvsim import devices, sweep
 
     devices.initialize_distributed()
-    overrides = load_file(args.config) if args.config else {}
-    overrides.update(parse_set(args.set))
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
+    overrides = overrides_of(args)
     grid = sweep.merge_grids(
         sweep.load_grid(args.grid_file) if args.grid_file else {}, sweep.parse_grid(args.grid)
     )
@@ -309,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--claims", help="comma-separated subset of claims to report")
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
+    _learner_arg(p)
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
@@ -316,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
-    p.add_argument("name", choices=("dropping", "gaussian", "theory-scaling", "k-scaling"))
+    p.add_argument("name", choices=("dropping", "gaussian", "learners", "theory-scaling",
+                                    "k-scaling"))  # fmt: skip
     p.add_argument("--preset", default=None,
                    help="preset (default: demo; theory for theory-scaling)")  # fmt: skip
     p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all)")
@@ -329,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--ks", help="theory-scaling (default 4,6,8,10) and k-scaling (default "
                    "3,5,10,20,30,40): comma-separated k values")  # fmt: skip
+    _learner_arg(p)
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--store", help="also store the result rows in this SQLite store "
                    "(mvsim.store.read_experiments reads them back); k-scaling keeps its "
@@ -351,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid 'rho=(0.01,0.02),(0.02,0.04)')",
     )
     p.add_argument("--grid-file", help="TOML/JSON file of axes {field: [values]}")
+    _learner_arg(p)
     p.add_argument("--seeds", type=int, help="number of single models K (overrides `seeds`)")
     p.add_argument("--claims", help="comma-separated subset of claims (default: all)")
     p.add_argument("--store", default="mvsim-sweep.sqlite", help="SQLite result store")

@@ -19,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from frozendict import frozendict
 
 Range = tuple[float, float]
 
@@ -207,9 +210,32 @@ class DataConfig:
         return 2 * (self.k - 1) if self.max_noisy is None else self.max_noisy
 
 
+BUILTIN_LEARNERS = ("patch_cnn", "vit", "mlp")
+"""The learners mvsim ships (:mod:`mvsim.learners`); any other ``learner`` is an import path."""
+
+# 'package.module:Class': dotted identifiers, a colon, an attribute name.
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# Arguments mvsim passes itself (the learner convention, :mod:`mvsim.learners`).
+_RESERVED_KWARGS = ("d", "k", "rngs")
+
+
+def _frozen(name: str, v: Any) -> Any:
+    """A JSON-like value made hashable (configs are static arguments of jit): mappings
+    become frozendicts, lists tuples; anything but JSON scalars is a ConfigError."""
+    if isinstance(v, Mapping):
+        return frozendict({str(key): _frozen(name, val) for key, val in v.items()})
+    if isinstance(v, list | tuple):
+        return tuple(_frozen(name, a) for a in v)
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    raise ConfigError(name, v, "values must be JSON numbers, strings, booleans, lists or objects")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The learner: F_i(X) = Σ_r Σ_p ReLU~(⟨w_{i,r}, x_p⟩), second layer fixed to 1."""
+    """The learner. The paper's (the default, ``learner = 'patch_cnn'``):
+    F_i(X) = Σ_r Σ_p ReLU~(⟨w_{i,r}, x_p⟩), second layer fixed to 1; m, q, ϱ and σ_0 are
+    its fields. Other learners are flax.nnx modules (:mod:`mvsim.learners`)."""
 
     m: int = 4
     """Neurons per class. Paper: m ∈ [polylog k, k]."""
@@ -220,12 +246,69 @@ class ModelConfig:
     sigma_0: float = 0.033
     """Init std of every weight. Paper: σ_0^{q−2} = 1/k, far too large at small k (no
     lottery): the finite-k default keeps σ_0/ϱ ≈ 0.03."""
+    learner: str = "patch_cnn"
+    """The model trained on the data: 'patch_cnn' (the paper's), 'vit' (a ViT-tiny over
+    the P patches), 'mlp' (one hidden layer on the flattened input), or a user's
+    flax.nnx module as an import path 'package.module:Class', built once per seed as
+    Class(d=d, k=k, rngs=nnx.Rngs(key), **learner_kwargs) and mapping x (n, P, d) to
+    logits (n, k) (:mod:`mvsim.learners`). Which views a non-patch-CNN learner learned
+    is read from its behaviour (``view_accuracy``), not from its weights."""
+    learner_kwargs: frozendict = frozendict()
+    """Keyword arguments of a user's module: a JSON object (``--set
+    learner_kwargs='{"width": 64}'``, or a ``[model.learner_kwargs]`` table of a TOML
+    config file). Empty for the built-in learners, whose settings are fields."""
+    vit_dim: int = 32
+    """'vit': width of the patch embedding and of every attention block."""
+    vit_depth: int = 1
+    """'vit': transformer blocks (pre-LayerNorm attention + MLP of width 2·vit_dim)."""
+    vit_heads: int = 2
+    """'vit': attention heads; must divide vit_dim."""
+    mlp_width: int = 64
+    """'mlp': hidden units of the one-hidden-layer MLP on the flattened P·d input (64 at
+    demo costs about what the patch CNN's k·m neurons do per sample)."""
 
     def __post_init__(self) -> None:
         _int("m", self.m, 1)
         _int("q", self.q, 1)
         _real("varrho", self.varrho, 0.0, lo_open=True)
         _real("sigma_0", self.sigma_0, 0.0, lo_open=True)
+        if not isinstance(self.learner, str) or not (
+            self.learner in BUILTIN_LEARNERS or _IMPORT_PATH.match(self.learner)
+        ):
+            raise ConfigError(
+                "learner",
+                self.learner,
+                f"must be one of {BUILTIN_LEARNERS} or an import path 'package.module:Class'",
+            )
+        if not isinstance(self.learner_kwargs, Mapping):
+            raise ConfigError("learner_kwargs", self.learner_kwargs, "must be a JSON object")
+        object.__setattr__(self, "learner_kwargs", _frozen("learner_kwargs", self.learner_kwargs))
+        if self.learner_kwargs and self.learner in BUILTIN_LEARNERS:
+            raise ConfigError(
+                "learner_kwargs",
+                dict(self.learner_kwargs),
+                f"is for a user's module; the built-in '{self.learner}' is set "
+                "by its own fields (vit_*, mlp_width)",
+                involves=("learner",),
+            )
+        taken = sorted(set(self.learner_kwargs) & set(_RESERVED_KWARGS))
+        if taken:
+            raise ConfigError(
+                "learner_kwargs",
+                dict(self.learner_kwargs),
+                f"must not set {taken}: mvsim passes d, k and rngs itself",
+            )
+        _int("vit_dim", self.vit_dim, 1)
+        _int("vit_depth", self.vit_depth, 1)
+        _int("vit_heads", self.vit_heads, 1)
+        if self.vit_dim % self.vit_heads:
+            raise ConfigError(
+                "vit_heads",
+                self.vit_heads,
+                f"must divide vit_dim = {self.vit_dim}",
+                involves=("vit_dim",),
+            )
+        _int("mlp_width", self.mlp_width, 1)
 
 
 @dataclass(frozen=True)
@@ -385,7 +468,16 @@ class VerifyConfig:
     n_test_single: int = 40_000
     """Single-view test points (weight μ). ≈ 38k gives a ±0.005 95% CI at error 0.5."""
     view_threshold: float = 0.5
-    """A view (i, ℓ) counts as learned when Λ_{i,ℓ} ≥ view_threshold·ϱ at the end."""
+    """Patch CNN: a view (i, ℓ) counts as learned when Λ_{i,ℓ} ≥ view_threshold·ϱ at the
+    end (the weight-based reading)."""
+    view_accuracy: float = 0.9
+    """Any learner: a view (i, ℓ) counts as learned *from behaviour* when the model
+    classifies at least this fraction of the single-view test points of class i whose
+    strong view is ℓ right. A learned view gives ≈ 1; an unlearned one ≈ (1 − s/k)^L
+    (the point survives only if none of its noisy features is a learned view of another
+    class, L of them: 0.01 at demo), so any threshold well inside the gap separates them
+    (``mvsim.mechanism.behavioural_views``). The patch CNN's verdicts use Λ; its report
+    says how often the two readings agree."""
     seed: int = 0
     """Master seed, split into named streams (data, init, test) so stages never shift
     each other's randomness."""
@@ -395,6 +487,7 @@ class VerifyConfig:
         _int("n_test_multi", self.n_test_multi, 0)
         _int("n_test_single", self.n_test_single, 1)
         _real("view_threshold", self.view_threshold, 0.0, lo_open=True)
+        _real("view_accuracy", self.view_accuracy, 0.0, 1.0, lo_open=True)
         _int("seed", self.seed, 0)
 
 
@@ -619,6 +712,8 @@ def coerce(name: str, value: Any) -> Any:
     args = typing.get_args(tp)
     if isinstance(value, str):
         return _parse_str(name, value, tp)
+    if tp is frozendict:
+        return _frozen(name, value) if isinstance(value, Mapping) else value
     if tp is Range or (origin is tuple):
         if isinstance(value, list | tuple) and len(value) == 2:
             return (_num(name, value[0]), _num(name, value[1]))
@@ -644,6 +739,11 @@ def _parse_str(name: str, text: str, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     try:
+        if tp is frozendict:  # a JSON object, e.g. --set learner_kwargs='{"width": 64}'
+            value = json.loads(text or "{}")
+            if not isinstance(value, dict):
+                raise ValueError
+            return _frozen(name, value)
         if tp is Range or origin is tuple:
             parts = [p for p in text.replace("(", "").replace(")", "").split(",")]
             if len(parts) == 1:
@@ -678,6 +778,8 @@ def _parse_str(name: str, text: str, tp: Any) -> Any:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is frozendict:
+        return 'a JSON object, e.g. {"width": 64}'
     if tp == Range:  # get_type_hints returns an equal, not the identical, alias object
         return "a pair lo,hi"
     return getattr(tp, "__name__", str(tp))

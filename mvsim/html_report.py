@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mvsim.report import fmt_bound, ntk_grid, view_gain_totals, write_text
+from mvsim.report import fmt_bound, ntk_grid, view_analysis_line, view_gain_totals, write_text
 
 if TYPE_CHECKING:
     import jinja2
@@ -225,13 +225,15 @@ def _control(c: Mapping[str, Any]) -> dict[str, str] | None:
     }
 
 
-def _mechanism(mech: Mapping[str, Any]) -> dict[str, Any]:
+def _mechanism(rep: Mapping[str, Any]) -> dict[str, Any]:
+    mech = rep["mechanism"]
     lot = mech.get("lottery_prediction_accuracy")
     mem = (mech.get("memorisation") or {}).get("unlearned_strong_view")
     return {
         "fractions": f"{mech['frac_one_view']:.3f} / {mech['frac_two_views']:.3f} / "
         f"{mech['frac_no_view']:.3f}",
         "lottery": "n/a" if lot is None else f"{lot:.3f}",
+        "analysis": view_analysis_line(rep),
         "memorisation": (
             f"{mem['n_points']} single-view training points whose strong view was not learned: "
             f"F_y from their features {mem['mean_F_y_features_only']:.3f}, from their noise "
@@ -301,7 +303,7 @@ def render_verify(rep: Mapping[str, Any], figure_paths: Iterable[str | Path]) ->
         run=run,
         provenance=_run_header(rep),
         claims=[_claim_row(c) for c in rep["claims"]],
-        mechanism=_mechanism(rep["mechanism"]) if "mechanism" in rep else None,
+        mechanism=_mechanism(rep) if "mechanism" in rep else None,
         ntk=ntk_grid(rep["ntk"]) if "ntk" in rep else None,
         figures=figures(figure_paths),
         config=_config_sections(cfg),

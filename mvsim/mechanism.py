@@ -12,6 +12,10 @@ paper's §8 statements into numbers a notebook can plot and a test can check:
   :func:`learned_outcome`).
 - Memorisation: a single-view training point whose strong view was not learned is fitted
   by its noise, F_y(ξ) ≫ F_y(x − ξ) (:func:`memorisation_split`).
+- Views from behaviour, for any learner: (class i, view ℓ) is learned when the model
+  classifies the single-view test points of class i with strong view ℓ right
+  (:func:`view_accuracy`, :func:`behavioural_views`); on the patch CNN this reading is
+  checked against Λ's (:func:`view_agreement`).
 - The finite-k race model: the two-view fraction as (how many classes the init puts in a
   close race, a function of m alone) × (how sharply the dynamics settle a race of initial
   ratio r, measured) (:func:`predicted_two_view_fraction`), and what that implies for the
@@ -148,6 +152,70 @@ def learned_outcome(views: np.ndarray) -> np.ndarray:
     """
     v = np.asarray(views, bool)
     return v[..., 0].astype(int) + 2 * v[..., 1].astype(int)
+
+
+def view_accuracy(
+    errors_single: np.ndarray, y: np.ndarray, strong: np.ndarray, k: int
+) -> np.ndarray:
+    """Accuracy of each model on the single-view test points of each (class, strong view).
+
+    Args:
+      errors_single: (S, n) bool, True where model s gets single-view test point j wrong.
+      y: (n,) the points' classes; strong: (n,) their strong view ℓ̂ ∈ {0, 1}.
+      k: number of classes.
+
+    Returns:
+      (S, k, 2) float in [0, 1]; NaN for a (class, view) with no test point.
+    """
+    ok = ~np.asarray(errors_single, bool)
+    cell = 2 * np.asarray(y, int) + np.asarray(strong, int)  # (n,) in [0, 2k)
+    onehot = cell[:, None] == np.arange(2 * k)[None]  # (n, 2k)
+    n = onehot.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = (ok.astype(float) @ onehot) / n  # (S, 2k); 0/0 = NaN for empty cells
+    return acc.reshape(ok.shape[0], k, 2)
+
+
+def behavioural_views(accuracy: np.ndarray, threshold: float) -> np.ndarray:
+    """Learned views read from behaviour: accuracy ≥ ``threshold`` (``view_accuracy``).
+
+    A learned view's single-view points are classified right (≈ 1); an unlearned one's
+    only when none of their noisy features is a learned view of another class, ≈ (1 −
+    s/k)^L with L such views (0.01 at demo, ≈ 0.2 at tiny). A cell without test points
+    counts as unlearned. Shape (..., k, 2) bool, like :func:`mvsim.model.views_learned`.
+    """
+    return np.nan_to_num(np.asarray(accuracy, float), nan=0.0) >= threshold
+
+
+def view_agreement(
+    weight_views: np.ndarray, accuracy: np.ndarray, threshold: float, strength: np.ndarray
+) -> dict[str, Any]:
+    """How often the weight-based (Λ) and the behavioural view patterns agree, and where not.
+
+    Args:
+      weight_views: (S, k, 2) bool, Λ ≥ view_threshold·ϱ.
+      accuracy: (S, k, 2) :func:`view_accuracy`; threshold: ``view_accuracy``.
+      strength: (S, k, 2) Λ/ϱ, reported for the cells that disagree.
+
+    Returns:
+      ``cells``, ``agree`` and ``fraction`` (over all (model, class, view) cells), and
+      ``differ``: one dict per disagreeing cell (model, class, view, which reading says
+      learned, its accuracy and Λ/ϱ).
+    """
+    beh = behavioural_views(accuracy, threshold)
+    w = np.asarray(weight_views, bool)
+    agree = beh == w
+    differ = [
+        {
+            "model": int(s), "class": int(i), "view": int(v),
+            "learned_by": "weights" if w[s, i, v] else "behaviour",
+            "accuracy": None if np.isnan(accuracy[s, i, v]) else float(accuracy[s, i, v]),
+            "lambda_over_varrho": float(strength[s, i, v]),
+        }
+        for s, i, v in zip(*np.nonzero(~agree), strict=True)
+    ]  # fmt: skip
+    return {"cells": int(agree.size), "agree": int(agree.sum()),
+            "fraction": float(agree.mean()) if agree.size else None, "differ": differ}  # fmt: skip
 
 
 def memorisation_split(

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mvsim.config import ModelConfig
 
-Params = jax.Array  # (k, m, d) for one network; (K, k, m, d) for an averaged model
+Params = Any
+"""A model's params: any pytree of arrays. The patch CNN's is one array W (k, m, d) ((K, k,
+m, d) for an averaged model); a flax learner's is the nested dict of its module's state
+(:mod:`mvsim.learners`)."""
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
+AlignmentFn = Callable[[Params, jax.Array], jax.Array]
+"""alignment(params, V (k, 2, d)) -> (..., k, 2): what the trainer records as Λ."""
 
 
 def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
@@ -46,13 +51,6 @@ def smoothed_relu_grad(z: jax.Array, q: int, varrho: float) -> jax.Array:
     # z > 0 mask: for q = 1 the power (z/ϱ)^0 would be 1 at z ≤ 0, not 0.
     poly = jnp.where(z > 0, (jnp.clip(z, 0.0, varrho) / varrho) ** (q - 1), 0.0)
     return jnp.where(z >= varrho, 1.0, poly)
-
-
-class Network(NamedTuple):
-    """An (init, apply) pair. ``init(key) -> params``; ``apply(params, x (n,P,d)) -> (n,k)``."""
-
-    init: Callable[[jax.Array], Params]
-    apply: ApplyFn
 
 
 def init_weights(key: jax.Array, cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Params:
@@ -121,6 +119,25 @@ def alignment(W: Params, V: jax.Array) -> jax.Array:
 def view_strength(W: Params, V: jax.Array) -> jax.Array:
     """Λ_{i,ℓ} = max_r [⟨w_{i,r}, v_{i,ℓ}⟩]^+, shape (..., k, 2)."""
     return jnp.maximum(alignment(W, V), 0.0)
+
+
+def no_alignment(params: Params, V: jax.Array) -> jax.Array:
+    """The Λ of a learner without a weight-space reading of its views: an empty (0,) array,
+    so the trainer records nothing and the views are read from behaviour
+    (:func:`mvsim.mechanism.behavioural_views`)."""
+    return jnp.zeros((0,), V.dtype)
+
+
+class Network(NamedTuple):
+    """An (init, apply) pair. ``init(key) -> params``; ``apply(params, x (n,P,d)) -> (n,k)``.
+
+    ``alignment(params, V)`` is what the trainer records along the way: the patch CNN's
+    Λ (:func:`alignment`), or :func:`no_alignment` for a learner whose weights do not
+    say which view it learned."""
+
+    init: Callable[[jax.Array], Params]
+    apply: ApplyFn
+    alignment: AlignmentFn = alignment
 
 
 def views_learned(Lambda: jax.Array, threshold: float) -> jax.Array:

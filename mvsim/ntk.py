@@ -82,7 +82,7 @@ import numpy as np
 
 from mvsim import data, distill, model
 from mvsim._nt_compat import import_neural_tangents
-from mvsim.config import Config
+from mvsim.config import Config, ConfigError
 from mvsim.model import Network, Params
 from mvsim.stats import (
     Estimate,
@@ -751,7 +751,16 @@ def run_ntk(
     Data: verify's streams, so the training set is verify's and the test sets are the
     first ``ntk_n_test_multi`` / ``ntk_n_test_single`` points of verify's test sets.
     Verdicts: see :data:`VERDICT_DEFINITIONS`.
+
+    Raises :class:`ConfigError` naming ``learner`` for any learner but the patch CNN, the
+    network whose kernel this is.
     """
+    if cfg.model.learner != "patch_cnn":
+        raise ConfigError(
+            "learner",
+            cfg.model.learner,
+            "the NTK side linearises the patch CNN; run it with learner=patch_cnn",
+        )
     log = log or (lambda s: None)
     D, M, C = cfg.data, cfg.model, cfg.ntk
     mu = D.mu

@@ -542,7 +542,10 @@ def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
     paths: list[str] = []
     mech = rep.get("mechanism", {})
     # The verdicts first: report.html shows the figures in this order.
-    fns = [claims_vs_bounds, comparison_bars, alignment_over_time, view_matrix]
+    fns = [claims_vs_bounds, comparison_bars]
+    if "history" in rep:  # Λ over training: the patch CNN's
+        fns.append(alignment_over_time)
+    fns.append(view_matrix)
     if "history" in rep:
         fns.append(alignment_phases)
     if "init_alignment" in mech and "single" in mech.get("views", {}):

@@ -35,17 +35,31 @@ def _noisy_caps(k: int, s: float, max_noisy: int) -> dict[str, Any]:
     return {"s": min(s, float(k - 1)), "max_noisy": min(max_noisy, 2 * (k - 1))}
 
 
+FLAX_ETA = 0.5
+"""η of the flax learners (vit, mlp, a user's module) in the demo, paper and tiny presets.
+The patch CNN's η = (2/3)ϱk is set by its ϱ; a flax learner at its default init has no ϱ,
+and GD on the MLP's and ViT's singles is stable at 0.5 (they fit tiny in ~20 steps). Under
+the flow η only scales time, so it sets the budget T·η; the paper's distillation update
+is stiff for an MLP at any η (one tiny student took 10k gradient evaluations)."""
+
+
+def eta_for(learner: str, k: int, varrho: float) -> float:
+    """The η the demo-like presets give ``learner``: (2/3)ϱk for the patch CNN, else
+    :data:`FLAX_ETA`."""
+    return 2 / 3 * varrho * k if learner == "patch_cnn" else FLAX_ETA
+
+
 def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
     """k = 10 regime of the feasibility study (study 2): projected noise of norm 0.1 on
     feature patches and 1.2 elsewhere, ϱ = 1, σ_0/ϱ ≈ 0.033, q = 4, s = 4 with ρ < Γ,
     60 multi-view points per class and one single-view point per (class, view).
 
-    Rule in k (k = 10 gives exactly these numbers): N = 62k, μ = 1/31, η = (2/3)ϱk,
-    s = min(4, k − 1), max_noisy = min(14, 2(k − 1)), d = max(200, 4k) (the 2k views fill
-    at most half the space, leaving the projected noise room), T = 10⁴·max(1, k/10)^{3/2}
-    (measured stops grow like k^{1.5}: at most 14,216 steps at k = 20 and 44,927 at 40;
-    the flow pays only for the steps a model takes), students capped at kd_T = 2T,
-    P = 16 and m = 4 fixed."""
+    Rule in k (k = 10 gives exactly these numbers): N = 62k, μ = 1/31, η = (2/3)ϱk (a
+    flax learner: 0.5), s = min(4, k − 1), max_noisy = min(14, 2(k − 1)), d = max(200, 4k)
+    (the 2k views fill at most half the space, leaving the projected noise room),
+    T = 10⁴·max(1, k/10)^{3/2} (measured stops grow like k^{1.5}: at most 14,216 steps at
+    k = 20 and 44,927 at 40; the flow pays only for the steps a model takes), students
+    capped at kd_T = 2T, P = 16 and m = 4 fixed."""
     k = o.get("k", 10)
     d = o.get("d", max(200, 4 * k))
     varrho = o.get("varrho", 1.0)
@@ -61,7 +75,7 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
         sigma_n=1.2 / math.sqrt(d),
         varrho=varrho,
         sigma_0=0.033 * varrho,
-        eta=2 / 3 * varrho * k,
+        eta=eta_for(o.get("learner", "patch_cnn"), k, varrho),
         T=_demo_budget(k),
         kd_T=2 * _demo_budget(k),
     )
@@ -118,7 +132,7 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
         m=2,
         varrho=1.0,
         sigma_0=0.15,
-        eta=2 / 3 * k,
+        eta=eta_for(o.get("learner", "patch_cnn"), k, 1.0),
         T=2000,
         chunk=100,
         kd_T=500,

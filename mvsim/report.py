@@ -73,12 +73,13 @@ def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None
         **header(m.cfg),
         "claims": [r.to_dict() for r in results],
         "mechanism": mechanism(m),
-        "history": {
-            "steps": m.single_history["steps"].tolist(),
-            "single_alignment": np.round(m.single_history["alignment"], 5).tolist(),
-        },
         "timing": {k: round(v, 3) for k, v in m.timing.items()},
     }
+    if np.size(m.single_history["alignment"]):  # a learner without Λ records none
+        rep["history"] = {
+            "steps": m.single_history["steps"].tolist(),
+            "single_alignment": np.round(m.single_history["alignment"], 5).tolist(),
+        }
     if extra:
         rep.update(extra)
     return rep
@@ -137,6 +138,22 @@ def view_gain_totals(c: dict[str, Any]) -> dict[str, int]:
     return tot
 
 
+def view_analysis_line(rep: dict[str, Any]) -> str:
+    """Which reading of the views the report used, and (patch CNN) how often the other
+    reading agrees with it."""
+    mech, ver = rep["mechanism"], rep["config"]["verify"]
+    by_acc = f"accuracy ≥ {ver.get('view_accuracy', 0.9):g} on the view's single-view test points"
+    if mech.get("view_analysis", "weights") == "behaviour":
+        return f"views read from behaviour: a (class, view) is learned at {by_acc}"
+    line = f"views read from the weights: Λ ≥ {ver['view_threshold']:g}ϱ"
+    agree = mech.get("view_agreement")
+    if agree:
+        cells = sum(a["cells"] for a in agree.values())
+        same = sum(a["agree"] for a in agree.values())
+        line += f"; behaviour ({by_acc}) agrees on {same}/{cells} (model, class, view) cells"
+    return line
+
+
 def table(rep: dict[str, Any]) -> str:
     """The terminal table: one row per claim, then the mechanism and timing."""
     cfg = rep["config"]
@@ -147,6 +164,11 @@ def table(rep: dict[str, Any]) -> str:
         f"ϱ={cfg['model']['varrho']:g} σ0={cfg['model']['sigma_0']:g} "
         f"seeds={cfg['verify']['seeds']} ({rep['backend']})"
     )
+    learner = cfg["model"].get("learner", "patch_cnn")
+    if learner != "patch_cnn":
+        head = head.replace(f"m={cfg['model']['m']} q={cfg['model']['q']} "
+                            f"ϱ={cfg['model']['varrho']:g} σ0={cfg['model']['sigma_0']:g} ",
+                            f"learner={learner} ")  # fmt: skip
     cols = ("claim", "bound/μ", "error/μ", "95% CI", "e_single", "e_multi", "finite-k", "verdict")
     rows = []
     for c in rep["claims"]:
@@ -188,6 +210,7 @@ def table(rep: dict[str, Any]) -> str:
         f"lottery (larger initial alignment wins) right for "
         f"{'n/a' if lot is None else f'{lot:.3f}'} of one-view classes"
     )
+    out.append(view_analysis_line(rep))
     mem = mech["memorisation"].get("unlearned_strong_view")
     if mem:
         out.append(

@@ -163,10 +163,12 @@ def build_points(
     """Every point of the grid (product of the axes) as a validated config.
 
     Raises ConfigError before any compute: empty grid, a swept field also fixed by
-    ``overrides``, any point whose config is invalid or that has too few seeds for one of
-    ``claims`` (default: all; the message names the point).
+    ``overrides``, any point whose config is invalid, whose learner cannot be loaded or
+    returns no (n, k) logits, or that has too few seeds for one of ``claims`` (default:
+    all; the message names the point).
     Points that resolve to the same config are kept once.
     """
+    from mvsim.learners import check
     from mvsim.store import config_hash
     from mvsim.verify import check_claim_seeds
 
@@ -184,6 +186,7 @@ def build_points(
         try:
             cfg = make_config(preset, {**overrides, **values})
             check_claim_seeds(cfg, claims)
+            check(cfg.model, cfg.data.k, cfg.data.d, cfg.data.P)  # import path, output shape
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (at grid point {values})") from None
         h = config_hash(cfg)

@@ -29,7 +29,7 @@ import optax
 
 from mvsim import devices, flow
 from mvsim.config import TrainConfig
-from mvsim.model import ApplyFn, Network, Params, alignment
+from mvsim.model import AlignmentFn, ApplyFn, Network, Params
 
 Objective = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 """objective(logits (n, k), y (n,), teacher_logits (n, k) | None) -> scalar loss."""
@@ -48,7 +48,7 @@ class TrainResult(NamedTuple):
     steps: np.ndarray  # (L,) the recorded (log-spaced) steps
     loss: np.ndarray  # (S, L) training loss at each recorded step (NaN after a seed stopped)
     accuracy: np.ndarray  # (S, L) training accuracy (strict margin)
-    alignment: np.ndarray  # (S, L, ..., k, 2) max_r ⟨w_{i,r}, v_{i,ℓ}⟩
+    alignment: np.ndarray  # (S, L, ..., k, 2) max_r ⟨w_{i,r}, v_{i,ℓ}⟩ ((S, L, 0): no Λ)
     stop_step: np.ndarray  # (S,) GD steps (flow: GD-equivalent steps t/η) each seed took
     grad_evals: np.ndarray  # (S,) gradient evaluations it cost (GD: one a step)
     final_loss: np.ndarray  # (S,)
@@ -149,6 +149,7 @@ def _one_seed_chunk(
     V: jax.Array,
     *,
     apply_fn: ApplyFn,
+    align_fn: AlignmentFn,
     objective: Objective,
     opt: optax.GradientTransformation,
     cfg: TrainConfig,
@@ -183,7 +184,7 @@ def _one_seed_chunk(
         updates, opt_state = opt.update(grads, s.opt_state, s.params)
         new_params = optax.apply_updates(s.params, updates)
         keep = lambda old, new: jnp.where(done, old, new)
-        out = (loss, acc, alignment(s.params, V), finite, s.done)
+        out = (loss, acc, align_fn(s.params, V), finite, s.done)
         nxt = _State(
             jax.tree.map(keep, s.params, new_params),
             jax.tree.map(keep, s.opt_state, opt_state),
@@ -206,6 +207,7 @@ def _forward(apply_fn: ApplyFn, cfg: TrainConfig, n: int) -> ApplyFn:
 @functools.lru_cache(maxsize=64)
 def _chunk_fn(
     apply_fn: ApplyFn,
+    align_fn: AlignmentFn,
     objective: Objective,
     cfg: TrainConfig,
     T: int,
@@ -225,7 +227,8 @@ def _chunk_fn(
     shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
 
     def point_chunk(state, x, y, teacher, V, eta):
-        kw = dict(apply_fn=apply_fn, objective=objective, cfg=cfg, T=T, stop=stop)
+        kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, T=T,
+                  stop=stop)  # fmt: skip
         if cfg.integrator == "flow":
             one = lambda s, t: _flow_one(s, x, y, t, V, eta, **kw)
         else:
@@ -247,13 +250,13 @@ def _chunk_fn(
     return jax.jit(one_point)
 
 
-def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, objective, cfg, T, stop):
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop):
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
     def metrics(p):
         logits = fwd(p, x)
-        return objective(logits, y, teacher), accuracy(logits, y), alignment(p, V)
+        return objective(logits, y, teacher), accuracy(logits, y), align_fn(p, V)
 
     def stop_fn(p, mean):
         logits = fwd(p, x)
@@ -392,7 +395,7 @@ def train_points(
             teacher_logits = jnp.asarray(teacher_logits, dtype)
             teacher_axis = 0 if teacher_logits.ndim == 4 else -1
         want = log_steps(T, cfg.n_log)
-        chunk_fn = functools.partial(_chunk_fn, net.apply, objective,
+        chunk_fn = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
                                      dataclasses.replace(cfg, eta=1.0), T, stop,
                                      min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
         data = (x, y, V, eta)
@@ -401,7 +404,7 @@ def train_points(
         bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
         if cfg.integrator == "flow":
             state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
-                                   teacher_axis, want, shard)  # fmt: skip
+                                   teacher_axis, want, shard, net.alignment)  # fmt: skip
         else:
             state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
                                  teacher_logits, teacher_axis, want, shard, bar)  # fmt: skip
@@ -419,7 +422,7 @@ def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype) -> _State:
                   full(False, bool), full(T, jnp.int32), full(0.0, dtype))  # fmt: skip
 
 
-def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard):
+def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn):
     """Every model's flow in one call (:func:`mvsim.flow.solve`): the final state (params,
     stop_step, evals) and the recorded rows {step: [loss, acc, Λ]}, in GD's conventions
     (NaN loss and accuracy past a model's stop, Λ frozen there)."""
@@ -435,7 +438,7 @@ def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard):
     loss = np.where(live, np.asarray(out.loss), np.nan)
     acc = np.where(live, np.asarray(out.accuracy), np.nan)
     lam = np.asarray(out.alignment)  # (Q, S, L, ..., k, 2)
-    final = np.asarray(jax.vmap(jax.vmap(alignment, in_axes=(0, None)))(out.params, data[2]))
+    final = np.asarray(jax.vmap(jax.vmap(align_fn, in_axes=(0, None)))(out.params, data[2]))
     lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
     rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
     return out, rec

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvsim import data, distill, mechanism, model
+from mvsim import data, distill, learners, mechanism, model
 from mvsim.config import FIELD_SECTION, Config, ConfigError
 from mvsim.model import ApplyFn
 from mvsim.train import accuracy, correct, init_seeds, precision, train_points
@@ -55,6 +55,9 @@ class Group:
     views: np.ndarray | None = None  # (S, k, 2) bool learned views, None for ensembles
     steps: np.ndarray | None = None  # (S,) GD steps taken (the flow: GD-equivalent t/η)
     grad_evals: np.ndarray | None = None  # (S,) gradient evaluations they cost
+    # (S, k, 2) accuracy on the single-view test points of each (class, strong view): the
+    # behavioural reading of the views (NaN where a cell has no test point)
+    view_accuracy: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,16 +70,23 @@ class Measurements:
     test_single_y: np.ndarray  # (n_test_single,)
     test_single_strong: np.ndarray  # (n_test_single,) ℓ̂
     single_history: dict[str, np.ndarray]  # steps (L,), alignment (K, L, k, 2), loss, acc
-    lottery: np.ndarray  # (K, k) predicted winning view of each single's init
-    init_alignment: np.ndarray  # (K, k, 2) max_r ⟨w^{(0)}, v⟩
+    lottery: np.ndarray | None  # (K, k) predicted winning view of each single's init
+    init_alignment: np.ndarray | None  # (K, k, 2) max_r ⟨w^{(0)}, v⟩ (None: no Λ)
     memorisation: dict[str, Any]
     timing: dict[str, float]
     single_train_logits: np.ndarray | None = None  # (K, N, k) the singles on the training set
+    # 'weights': views from Λ (the patch CNN); 'behaviour': from view_accuracy (any learner)
+    view_analysis: str = "weights"
 
 
 def _learned(params: jax.Array, V: jax.Array, cfg: Config) -> np.ndarray:
     lam = model.view_strength(params, V)
     return np.asarray(model.views_learned(lam, cfg.verify.view_threshold * cfg.model.varrho))
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    """Stack params pytrees along a new leading axis (one per config)."""
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
 def _train_logits(apply_fn, params, x) -> jax.Array:
@@ -90,14 +100,14 @@ def student_setup(
     control_0..]: student j starts from single j's init and is taught by the mean of the
     other K−1 singles (kd), by single j+1 (self-distillation) or by single j (control).
 
-    single_logits: (K, N, k) the singles on the training set; init_params: (K, ...).
-    Returns teacher logits (3n, N, k) and inits (3n, ...).
+    single_logits: (K, N, k) the singles on the training set; init_params: (K, ...), any
+    pytree. Returns teacher logits (3n, N, k) and inits (3n, ...).
     """
     K = single_logits.shape[0]
     idx = np.arange(n)
     others = (single_logits.sum(0)[None] - single_logits[idx]) / (K - 1)
     teachers = jnp.concatenate([others, single_logits[(idx + 1) % K], single_logits[idx]], 0)
-    return teachers, jnp.concatenate([init_params[idx]] * 3, axis=0)
+    return teachers, jax.tree.map(lambda a: jnp.concatenate([a[idx]] * 3, axis=0), init_params)
 
 
 # What each claim needs trained, beyond the singles (which every claim uses).
@@ -146,7 +156,7 @@ def check_claim_seeds(cfg: Config, claims: Iterable[str] | None = None) -> None:
 BATCHABLE = frozenset(
     {f for f, sec in FIELD_SECTION.items() if sec in ("data", "ntk", "experiment")}
     - {"k", "d", "P", "N", "family"}
-    | {"sigma_0", "eta", "seed", "view_threshold", "n_test_multi", "n_test_single"}
+    | {"sigma_0", "eta", "seed", "view_threshold", "view_accuracy", "n_test_multi", "n_test_single"}
 )
 
 
@@ -189,6 +199,7 @@ def run_many(
         return []
     for c in cfgs:
         check_claim_seeds(c, claims)
+        learners.check(c.model, c.data.k, c.data.d, c.data.P)
     keys = {batch_key(c) for c in cfgs}
     if len(keys) > 1:
         a, b = (dict(k) for k in list(keys)[:2])
@@ -213,13 +224,13 @@ def run_many(
         V = jnp.stack(Vs)
         x = jnp.stack([s.x for s in sets_])
         y = jnp.stack([s.y for s in sets_])
-        net = model.network(M0, D0.k, D0.d, dtype)
+        net = learners.network(M0, D0.k, D0.d, D0.P, dtype)
         timing["sample_train"] = time.perf_counter() - t
 
         t = time.perf_counter()
         # Each point's inits from its own stream and σ_0 (the apply is the same for all).
-        inits = jnp.stack([init_seeds(model.network(c.model, D0.k, D0.d, dtype),
-                                      stream(c, "init"), K) for c in cfgs])  # fmt: skip
+        inits = _stack([init_seeds(learners.network(c.model, D0.k, D0.d, D0.P, dtype),
+                                   stream(c, "init"), K) for c in cfgs])  # fmt: skip
         singles = train_points(net, x, y, V, Tc, inits, etas=etas, progress=progress,
                                desc=f"{pts}{K} single models")  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
@@ -229,10 +240,11 @@ def run_many(
         students = averages = None
         if "students" in needs:
             t = time.perf_counter()
-            setups = [student_setup(single_logits[q], singles.init_params[q], n_st)
+            setups = [student_setup(single_logits[q],
+                                    jax.tree.map(lambda a, q=q: a[q], singles.init_params), n_st)
                       for q in range(len(cfgs))]  # fmt: skip
             teachers = jnp.stack([s[0] for s in setups])
-            st_inits = jax.tree.map(lambda *a: jnp.stack(a), *[s[1] for s in setups])
+            st_inits = _stack([s[1] for s in setups])
             students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
                                     objective=distill.objective(KD), teacher_logits=teachers,
                                     T=KD.kd_T, stop=KD.kd_stop, progress=progress,
@@ -242,10 +254,10 @@ def run_many(
 
         if "average" in needs:
             t = time.perf_counter()
-            avg_net = model.averaged(M0, D0.k, D0.d, KD.avg_members, dtype)
+            avg_net = learners.averaged(M0, D0.k, D0.d, D0.P, KD.avg_members, dtype)
             mult = KD.avg_members if KD.avg_eta_mult is None else KD.avg_eta_mult
-            avg_inits = jnp.stack([
-                init_seeds(model.averaged(c.model, D0.k, D0.d, KD.avg_members, dtype),
+            avg_inits = _stack([
+                init_seeds(learners.averaged(c.model, D0.k, D0.d, D0.P, KD.avg_members, dtype),
                            stream(c, "average"), KD.avg_seeds)
                 for c in cfgs
             ])  # fmt: skip
@@ -274,28 +286,33 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
     """One point's :class:`Measurements` from its slice of the batched stages."""
     n_st = cfg.distill.kd_students
     ens_acc = float(accuracy(single_logits.mean(0), train_set.y))
-    em, es = errors["single"]
+    weights = learners.reads_weights(cfg.model)
+
+    def group(name, trained, errs, sl=slice(None), members=False) -> Group:
+        em, es = errs[0][sl], errs[1][sl]
+        g = Group(name, em, es, trained.final_accuracy[sl], None, trained.stop_step[sl],
+                  grad_evals=trained.grad_evals[sl],
+                  view_accuracy=mechanism.view_accuracy(es, ys, strong, cfg.data.k))  # fmt: skip
+        if weights:  # Λ: the patch CNN's reading; an averaged model's views are its members'
+            g.views = _learned(trained.params, V, cfg)[sl]
+            lam = np.asarray(model.view_strength(trained.params, V))[sl]
+            g.views, lam = (g.views.any(1), lam.max(1)) if members else (g.views, lam)
+            g.extra["view_strength"] = lam / cfg.model.varrho
+        else:
+            g.views = mechanism.behavioural_views(g.view_accuracy, cfg.verify.view_accuracy)
+        return g
+
     groups = {
-        "single": Group("single", em, es, singles.final_accuracy,
-                        _learned(singles.params, V, cfg), singles.stop_step,
-                        grad_evals=singles.grad_evals),
+        "single": group("single", singles, errors["single"]),
         "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
-    }  # fmt: skip
+    }
     if students is not None:
-        em, es = errors["students"]
-        sv = _learned(students.params, V, cfg)
         for j, name in enumerate(("kd", "self_distillation", "control")):
             sl = slice(j * n_st, (j + 1) * n_st)
-            groups[name] = Group(name, em[sl], es[sl], students.final_accuracy[sl],
-                                 sv[sl], students.stop_step[sl],
-                                 grad_evals=students.grad_evals[sl])  # fmt: skip
+            groups[name] = group(name, students, errors["students"], sl)
     if averages is not None:
-        em, es = errors["average"]
-        groups["training_average"] = Group(
-            "training_average", em, es, averages.final_accuracy,
-            _learned(averages.params, V, cfg).any(1), averages.stop_step,
-            grad_evals=averages.grad_evals,
-        )  # fmt: skip
+        groups["training_average"] = group("training_average", averages, errors["average"],
+                                           members=True)  # fmt: skip
     mem = _memorisation(cfg, net, singles, train_set, truth, V, groups["single"].views)
     return Measurements(
         cfg=cfg,
@@ -308,11 +325,12 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
             "loss": singles.loss,
             "accuracy": singles.accuracy,
         },
-        lottery=np.asarray(model.lottery_winner(singles.init_params, V)),
-        init_alignment=np.asarray(model.alignment(singles.init_params, V)),
+        lottery=np.asarray(model.lottery_winner(singles.init_params, V)) if weights else None,
+        init_alignment=np.asarray(model.alignment(singles.init_params, V)) if weights else None,
         memorisation=mem,
         timing=timing,
         single_train_logits=np.asarray(single_logits),
+        view_analysis="weights" if weights else "behaviour",
     )
 
 

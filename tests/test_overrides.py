@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from frozendict import frozendict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mvsim import cli
-from mvsim.config import FIELD_SECTION, PRESETS, Config, ConfigError, Range, make_config
+from mvsim.config import (
+    BUILTIN_LEARNERS,
+    FIELD_SECTION,
+    PRESETS,
+    Config,
+    ConfigError,
+    Range,
+    make_config,
+)
 from mvsim.verify import check_claim_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +46,8 @@ NUMERIC: dict[str, tuple[float, float, bool]] = {
     "own_z": (0.0, 3.0, False), "noisy_z_multi": (0.0, 3.0, False),
     "rho": (0.0, 1.0, False), "Gamma": (0.0, 1.0, False),
     "m": (1, 16, False), "q": (1, 8, False), "varrho": (0.0, 5.0, True),
-    "sigma_0": (0.0, 2.0, True),
+    "sigma_0": (0.0, 2.0, True), "vit_dim": (1, 128, False), "vit_depth": (1, 4, False),
+    "vit_heads": (1, 8, False), "mlp_width": (1, 512, False),
     "eta": (0.0, 50.0, True), "T": (1, 100_000, False), "chunk": (1, 1000, False),
     "loss_tol": (0.0, 1.0, False), "n_log": (2, 200, False), "block": (0, 5000, False),
     "flow_rtol": (0.0, 4.0, True), "flow_atol": (0.0, 1.0, True),
@@ -48,6 +58,7 @@ NUMERIC: dict[str, tuple[float, float, bool]] = {
     "avg_seeds": (1, 8, False), "avg_eta_mult": (0.0, 10.0, True),
     "seeds": (1, 20, False), "n_test_multi": (0, 10**6, False),
     "n_test_single": (1, 10**6, False), "view_threshold": (0.0, 2.0, True),
+    "view_accuracy": (0.0, 1.0, True),
     "seed": (0, 2**31, False),
     "ntk_sigma_0": (0.0, 5.0, True), "ntk_m": (1, 64, False), "ntk_eta": (0.0, 50.0, True),
     "ntk_T": (1, 5000, False), "ntk_seeds": (2, 16, False), "ntk_avg_members": (1, 8, False),
@@ -75,6 +86,10 @@ def _strategy(name: str) -> st.SearchStrategy:
         return st.booleans()
     if typing.get_origin(tp) is Literal:
         return st.sampled_from(args)
+    if tp is str:  # learner: the built-in names (an import path is checked by learners.check)
+        return st.sampled_from(BUILTIN_LEARNERS)
+    if tp is frozendict:  # learner_kwargs: empty, or a user module's (wrong for a built-in)
+        return st.sampled_from([frozendict(), frozendict(width=8)])
     lo, hi, lo_open = NUMERIC[name]
     if tp == Range:
         x = st.floats(lo, hi, allow_nan=False)
@@ -94,7 +109,8 @@ def test_every_numeric_field_has_a_range_to_draw_from() -> None:
     """A new numeric field must state its range here, or the property misses it."""
     numeric = [
         f for f in FIELDS
-        if _field_type(f) is not bool and typing.get_origin(_field_type(f)) is not Literal
+        if _field_type(f) not in (bool, str, frozendict)
+        and typing.get_origin(_field_type(f)) is not Literal
     ]  # fmt: skip
     missing = sorted(set(numeric) - set(NUMERIC))
     assert not missing, f"add these fields' ranges to NUMERIC: {missing}"

@@ -8,6 +8,8 @@
   ``theory`` preset) at growing k.
 - ``k-scaling`` (:mod:`.k_scaling`): a preset family (demo, demo-logm, demo-theory) swept
   over k through the sweep store, every claim and the race model at each k.
+- ``learners`` (:mod:`.learners`, issue 18): every claim for the patch CNN, a ViT-tiny and
+  an MLP (and a user's module) side by side on the same data.
 
 Each ``run_*`` is a function of a config (theory-scaling: of a preset, overrides and a
 list of k) and returns a JSON-ready report dict with the full config, versions, timing
@@ -26,12 +28,13 @@ from mvsim.config import Config, ConfigError
 from mvsim.report import header, write_json
 from mvsim.stats import clopper_pearson_interval
 
-NAMES = ("dropping", "gaussian", "theory-scaling", "k-scaling")
-DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "theory-scaling": "theory",
-                  "k-scaling": "demo"}  # fmt: skip
-# Single models each needs: dropping restores with the other seeds, gaussian measures an
-# ensemble and a KD student; theory-scaling evaluates the single models alone.
-MIN_SEEDS = {"dropping": 2, "gaussian": 2, "theory-scaling": 1, "k-scaling": 2}
+NAMES = ("dropping", "gaussian", "learners", "theory-scaling", "k-scaling")
+DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "learners": "demo",
+                  "theory-scaling": "theory", "k-scaling": "demo"}  # fmt: skip
+# Single models each needs: dropping restores with the other seeds, gaussian and learners
+# measure an ensemble and KD students; theory-scaling evaluates the single models alone;
+# k-scaling's default claims include the ensemble.
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "learners": 2, "theory-scaling": 1, "k-scaling": 2}
 
 
 def check_seeds(name: str, cfg: Config) -> None:
@@ -99,6 +102,8 @@ def module(name: str):
         from mvsim.experiments import dropping as mod
     elif name == "gaussian":
         from mvsim.experiments import gaussian as mod
+    elif name == "learners":
+        from mvsim.experiments import learners as mod
     elif name == "theory-scaling":
         from mvsim.experiments import theory_scaling as mod
     elif name == "k-scaling":

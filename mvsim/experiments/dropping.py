@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvsim import data, model
-from mvsim.config import Config
+from mvsim.config import Config, ConfigError
 from mvsim.experiments import check_seeds, envelope, fmt_ci, rate_ci, text_table
 from mvsim.train import correct, precision, train
 from mvsim.verify import stream
@@ -94,6 +94,13 @@ def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     D, M, Tc = cfg.data, cfg.model, cfg.train
     if D.family != "multiview":
         raise ValueError("the dropping experiment needs family = 'multiview' (it drops views)")
+    if M.learner != "patch_cnn":
+        raise ConfigError(
+            "learner",
+            M.learner,
+            "the dropping experiment zeroes the patch "
+            "CNN's neurons that carry a view; run it with learner=patch_cnn",
+        )
     check_seeds("dropping", cfg)
     K = cfg.verify.seeds
     with precision(Tc.dtype):

@@ -70,7 +70,11 @@ def points(
     overrides = dict(overrides or {})
     if "k" in overrides:
         raise ConfigError("k", overrides["k"], "is the swept axis: give it with --ks")
-    E = make_config(family, overrides).experiment
+    cfg = make_config(family, overrides)
+    if cfg.model.learner != "patch_cnn":
+        raise ConfigError("learner", cfg.model.learner, "k-scaling reads each class's race off "
+                          "Λ at init, which only the patch CNN has (patch_cnn)")  # fmt: skip
+    E = cfg.experiment
     base = {"n_test_multi": E.exp_n_test_multi, "n_test_single": E.exp_n_test_single,
             **EXPERIMENT_DEFAULTS, **overrides}  # fmt: skip
     pts = []
