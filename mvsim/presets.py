@@ -57,9 +57,10 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
     Rule in k (k = 10 gives exactly these numbers): N = 62k, μ = 1/31, η = (2/3)ϱk (a
     flax learner: 0.5), s = min(4, k − 1), max_noisy = min(14, 2(k − 1)), d = max(200, 4k)
     (the 2k views fill at most half the space, leaving the projected noise room),
-    T = 10⁴·max(1, k/10)^{3/2} (measured stops grow like k^{1.5}: at most 14,216 steps at
-    k = 20 and 44,927 at 40; the flow pays only for the steps a model takes), students
-    capped at kd_T = 2T, P = 16 and m = 4 fixed."""
+    T = 10⁴·max(10/k, (k/10)^{3/2}) (below k = 10 the flow time T·η stays that of k = 10,
+    since η ∝ k; above, measured stops grow like k^{1.5}: at most 16,053 steps at k = 20
+    and 44,927 at 40; the flow pays only for the steps a model takes), students capped at
+    kd_T = 2T, P = 16 and m = 4 fixed."""
     k = o.get("k", 10)
     d = o.get("d", max(200, 4 * k))
     varrho = o.get("varrho", 1.0)
@@ -82,7 +83,7 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _demo_budget(k: int) -> int:
-    return round(10_000 * max(1.0, k / 10) ** 1.5)
+    return round(10_000 * max(10 / k, (k / 10) ** 1.5))
 
 
 def _demo_logm(o: Mapping[str, Any]) -> dict[str, Any]:

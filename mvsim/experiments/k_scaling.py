@@ -152,21 +152,26 @@ def point_row(p: sweep.Point, sel: Any) -> dict[str, Any]:
     claims = {r.claim: json.loads(r.claim_json) for r in sel.itertuples()}
     first = sel.iloc[0]
     mech = json.loads(first["mechanism_json"])
-    views = np.asarray(mech["views"]["single"], int)  # (K, k, 2)
+    # The race statistics are read off the singles that fitted their training set: a
+    # fraction measured on a model still fitting is no result (an unfitted seed's views
+    # are dropped, and counted in seeds_unfitted).
+    fit = np.array([r["train_accuracy"] >= 1.0 for r in claims["single"]["per_model"]])
+    views = np.asarray(mech["views"]["single"], int)[fit]  # (K_fitted, k, 2)
     row: dict[str, Any] = {
         "k": cfg.data.k, "m": cfg.model.m, "d": cfg.data.d, "N": cfg.data.N,
         "mu": cfg.data.mu, "sigma0_over_varrho": cfg.model.sigma_0 / cfg.model.varrho,
         "varrho": cfg.model.varrho, "T": cfg.train.T, "seeds": cfg.verify.seeds,
+        "seeds_unfitted": int((~fit).sum()),
         "point_seconds": float(first["seconds"]),
         "peak_rss_bytes": _int_or_none(first.get("peak_rss_bytes")),
     }  # fmt: skip
     row.update(view_fractions(views))
-    row.update(race(np.asarray(mech["init_alignment"], float), views.sum(-1) == 2, cfg.model.m))
-    row.update(escape_spread(np.asarray(mech["escape_steps"], float)))
+    init = np.asarray(mech["init_alignment"], float)[fit]
+    row.update(race(init, views.sum(-1) == 2, cfg.model.m))
+    row.update(escape_spread(np.asarray(mech["escape_steps"], float)[fit]))
     for cid, c in claims.items():
         row.update(claim_columns(cid, c))
-    # The fractions are the singles': a k whose singles did not all fit is no result.
-    row["fitted"] = bool(row.get("single_fitted", False))
+    row["fitted"] = bool(fit.any())  # any fitted single to read the race off
     D = cfg.distill
     row["models"] = cfg.verify.seeds + 3 * D.kd_students + D.avg_seeds  # + kd, self, control
     row["seconds_per_model"] = row["point_seconds"] / row["models"]
@@ -220,6 +225,8 @@ def race_midpoint(r: np.ndarray, two: np.ndarray) -> tuple[float, float, float]:
     """r₅₀: the initial ratio at which a logistic fit P(two views | r) = σ(a + b·r) crosses
     1/2, i.e. −a/b, with a bootstrap 95% interval over classes. NaN where the fit does not
     exist (no two-view class, or no one-view class)."""
+    if r.size == 0:
+        return math.nan, math.nan, math.nan
     est = _logistic_midpoint(r, two)
     rng = np.random.default_rng(0)
     boot = [_logistic_midpoint(r[i], two[i])
@@ -234,13 +241,15 @@ def race_midpoint(r: np.ndarray, two: np.ndarray) -> tuple[float, float, float]:
 def _logistic_midpoint(r: np.ndarray, y: np.ndarray, iters: int = 50) -> float:
     """Newton's method on the logistic log-likelihood in (a, b); NaN if it is unbounded
     (separable data) or there is nothing to fit."""
+    from scipy.special import expit
+
     y = np.asarray(y, float)
     if y.sum() < 1 or y.sum() > len(y) - 1:
         return math.nan
     X = np.stack([np.ones_like(r), r], 1)
     w = np.zeros(2)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(X @ w)))
+        p = expit(X @ w)
         H = X.T @ (X * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(H, X.T @ (y - p))
         w += step
@@ -301,6 +310,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "band": list(BAND),
         "reference_k": ref["k"],
         "not_fitted": [r["k"] for r in rows if not r["fitted"]],
+        "unfitted_seeds": {str(r["k"]): r["seeds_unfitted"] for r in rows if r["seeds_unfitted"]},
         "two_view_power_law": two_view_power_law(fitted),
         "time_exponent": power_fit([r["k"] for r in rows], [r["point_seconds"] for r in rows]),
         "memory_exponent": power_fit(
@@ -335,8 +345,9 @@ def power_fit(k: Sequence[float], y: Sequence[float]) -> dict[str, Any] | None:
 
 def two_view_power_law(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """p_two(k) ≈ c·k^b fitted over the fitted k's (weighted by their classes), with a
-    parametric bootstrap (each k's count redrawn from its binomial), and the k* at which
-    :func:`in_band_probability` first reaches 1/2 under the fit, searched up to 10⁶."""
+    parametric bootstrap (each k's count redrawn from its binomial), and the k* ≥ the
+    largest measured k at which :func:`in_band_probability` first reaches 1/2 under the
+    fit, searched up to 10⁶."""
     rows = [r for r in rows if r["frac_two_view"] > 0]
     if len(rows) < 2:
         return None
@@ -350,15 +361,16 @@ def two_view_power_law(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         if (pb > 0).all():
             fits.append(_weighted_loglog(k, pb, n))
     b = np.array([f[0] for f in fits])
-    kstar = np.array([_k_in_band(*f) for f in fits])
+    kstar = np.array([_k_in_band(*f, k_from=int(k.max())) for f in fits])
     return {
         "exponent": float(b[0]),
         "exponent_lo": float(np.quantile(b[1:], 0.025)),
         "exponent_hi": float(np.quantile(b[1:], 0.975)),
         "coefficient": float(fits[0][1]),
         "k_in_band_half": float(kstar[0]),
-        "k_in_band_half_lo": float(np.quantile(kstar[1:], 0.025)),
-        "k_in_band_half_hi": float(np.quantile(kstar[1:], 0.975)),
+        # Order statistics, not interpolation: k* is inf for every fit that never gets there.
+        "k_in_band_half_lo": float(np.quantile(kstar[1:], 0.025, method="lower")),
+        "k_in_band_half_hi": float(np.quantile(kstar[1:], 0.975, method="higher")),
         "ks": k.astype(int).tolist(),
     }
 
@@ -370,10 +382,12 @@ def _weighted_loglog(k: np.ndarray, p: np.ndarray, n: np.ndarray) -> tuple[float
     return float(b), float(math.exp(a))
 
 
-def _k_in_band(b: float, c: float, k_max: int = 1_000_000) -> float:
-    """The smallest k (on a log grid to 10⁶) with in-band probability ≥ 1/2 under p = c·k^b;
-    inf if none."""
-    for k in np.unique(np.geomspace(2, k_max, 400).astype(int)):
+def _k_in_band(b: float, c: float, k_from: int, k_max: int = 1_000_000) -> float:
+    """The smallest k from the largest measured one (an extrapolation, on a log grid to
+    10⁶) with in-band probability ≥ 1/2 under p = c·k^b; inf if none. Below it the
+    binomial picture is no guide: at k ≤ 3 a model misses the band for other reasons
+    (noisy features of s of its k − 1 neighbours), whatever its two-view count."""
+    for k in np.unique(np.geomspace(k_from, k_max, 400).astype(int)):
         if in_band_probability(int(k), min(1.0, c * k**b)) >= 0.5:
             return float(k)
     return math.inf
@@ -395,7 +409,8 @@ def table(rep: dict[str, Any]) -> str:
         claims = [f"{r[f'{c}_error_over_mu']:.3f} {r[f'{c}_verdict'][:4]}"
                   for c in CLAIM_IDS if f"{c}_verdict" in r]  # fmt: skip
         body.append([
-            str(r["k"]), str(r["m"]), str(r["seeds"]), "yes" if r["fitted"] else "NO",
+            str(r["k"]), str(r["m"]), str(r["seeds"]),
+            f"{r['seeds'] - r['seeds_unfitted']}/{r['seeds']}",
             f"{r['frac_one_view']:.2f}/{r['frac_two_view']:.2f}/{r['frac_no_view']:.2f}",
             fmt_ci(r["frac_two_view"], r["frac_two_view_lo"], r["frac_two_view_hi"]),
             f"{r['two_view_predicted']:.3f}", fmt_ci(r["r50"], r["r50_lo"], r["r50_hi"], 2),
@@ -411,8 +426,13 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
     out = [f"claims: error/μ and verdict; predicted: the race model with k = "
            f"{s['reference_k']}'s race curve and each k's init law; in band: share of singles "
            f"with error/μ in {s['band']}"]  # fmt: skip
+    if s["unfitted_seeds"]:
+        out.append(
+            "seeds that did not fit their training set within T, left out of the view "
+            f"fractions and race curves: {s['unfitted_seeds']}"
+        )
     if s["not_fitted"]:
-        out.append(f"NOT FITTED (fractions are no result there): k = {s['not_fitted']}")
+        out.append(f"NOT FITTED (no single fitted; no race statistics): k = {s['not_fitted']}")
     law = s["two_view_power_law"]
     if law:
         out.append(
