@@ -484,3 +484,24 @@ def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) ->
     df = st.read_results(old)
     assert set(st.ADDED_COLUMNS) <= set(df.columns)
     assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
+
+
+def test_fields_added_later_stay_out_of_the_key_at_their_defaults() -> None:
+    """A point's key ignores the learner fields while they hold their defaults (stores
+    written before they existed keep their keys) and changes once one is set."""
+    import hashlib
+    import json
+
+    from mvsim import store as st
+
+    cfg = make_config("demo")
+    d = cfg.to_dict()
+    assert all(any(f in sec for sec in d.values() if isinstance(sec, dict))
+               for f in st.KEY_OMITS_AT_DEFAULT)  # fmt: skip
+    for sec in d.values():
+        if isinstance(sec, dict):
+            for f in st.KEY_OMITS_AT_DEFAULT:
+                sec.pop(f, None)
+    before = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode())
+    assert st.config_hash(cfg) == before.hexdigest()
+    assert st.config_hash(make_config("demo", {"learner": "mlp"})) != st.config_hash(cfg)
