@@ -54,14 +54,19 @@ def _better_verdict(
         vs.append(v)
         rows.append({"pair": j, "diff_over_mu": _point(a, mu) - _point(b, mu), "ci": list(ci),
                      "verdict": v.name})  # fmt: skip
-    v = combine_verdicts(vs)
+    return _combined(vs, definition, "pairs", rows, "pairs significantly better")
+
+
+def _combined(vs: list[Verdict], definition: str, key: str, rows: list[dict], what: str) -> dict:
+    """A claim over several pairs or students: the combined verdict, its definition, the
+    rows under ``key``, and how many of them passed ('n/N what')."""
     n_pass = sum(x == Verdict.PASS for x in vs)
     return {
-        "verdict": v.name,
+        "verdict": combine_verdicts(vs).name,
         "definition": definition,
         "level": LEVEL,
-        "pairs": rows,
-        "reason": f"{n_pass}/{len(vs)} pairs significantly better",
+        key: rows,
+        "reason": f"{n_pass}/{len(vs)} {what}",
     }
 
 
@@ -112,15 +117,7 @@ def _kd_fails_verdict(
                 "reason": why,
             }
         )
-    v = combine_verdicts(vs)
-    n_pass = sum(x == Verdict.PASS for x in vs)
-    return {
-        "verdict": v.name,
-        "definition": KD_FAILS_DEFINITION,
-        "level": LEVEL,
-        "students": rows,
-        "reason": f"{n_pass}/{n} students stay near the single",
-    }
+    return _combined(vs, KD_FAILS_DEFINITION, "students", rows, "students stay near the single")
 
 
 VERDICT_DEFINITIONS = {
