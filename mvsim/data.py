@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mvsim.config import DataConfig
 
@@ -27,24 +29,26 @@ View = Literal["mixed", "multi", "single"]
 class Batch(NamedTuple):
     """A data set. ``strong_view`` is ℓ̂ ∈ {0, 1} for single-view points and −1 otherwise."""
 
-    x: jax.Array  # (n, P, d)
-    y: jax.Array  # (n,) int32 labels in [0, k)
-    single_view: jax.Array  # (n,) bool
-    strong_view: jax.Array  # (n,) int32
+    x: Float[Array, "n P d"]
+    y: Int[Array, " n"]  # labels in [0, k)
+    single_view: Bool[Array, " n"]
+    strong_view: Int[Array, " n"]
 
 
 class GroundTruth(NamedTuple):
     """What generated a :class:`Batch`: ``x == einsum('npkl,kld->npd', coef, V) + noise``."""
 
-    coef: jax.Array  # (n, P, k, 2) coefficient of every view in every patch
-    noise: jax.Array  # (n, P, d) Gaussian noise ξ
-    present: jax.Array  # (n, k, 2) bool: the feature set V(X)
-    patches: jax.Array  # (n, k, 2, C_p) int32: P_v(X), meaningful where present
-    zsum: jax.Array  # (n, k, 2) Σ_{p∈P_v(X)} z_p (0 where absent)
-    n_noisy_dropped: jax.Array  # (n,) int32: noisy features removed by the max_noisy cap
+    coef: Float[Array, "n P k 2"]  # coefficient of every view in every patch
+    noise: Float[Array, "n P d"]  # Gaussian noise ξ
+    present: Bool[Array, "n k 2"]  # the feature set V(X)
+    patches: Int[Array, "n k 2 C_p"]  # P_v(X), meaningful where present
+    zsum: Float[Array, "n k 2"]  # Σ_{p∈P_v(X)} z_p (0 where absent)
+    n_noisy_dropped: Int[Array, " n"]  # noisy features removed by the max_noisy cap
 
 
-def features(key: jax.Array, d: int, k: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+def features(
+    key: PRNGKeyArray, d: int, k: int, dtype: jnp.dtype = jnp.float32
+) -> Float[Array, "k 2 d"]:
     """2k orthonormal views in R^d, as an array (k, 2, d): a random rotation of e_1..e_2k."""
     g = jax.random.normal(key, (d, 2 * k), dtype=jnp.float32)
     q, r = jnp.linalg.qr(g)
@@ -247,10 +251,10 @@ def gaussian_bayes_error(k: int, sep: float, grid: int = 20001) -> float:
 
 
 def sample(
-    key: jax.Array,
+    key: PRNGKeyArray,
     cfg: DataConfig,
     n: int,
-    V: jax.Array,
+    V: Float[Array, "k 2 d"],
     *,
     view: View = "mixed",
     stratified: bool = False,
@@ -293,9 +297,9 @@ def sample(
 
 
 def training_set(
-    key: jax.Array,
+    key: PRNGKeyArray,
     cfg: DataConfig,
-    V: jax.Array,
+    V: Float[Array, "k 2 d"],
     dtype: jnp.dtype = jnp.float32,
     *,
     ground_truth: bool = False,
@@ -312,14 +316,14 @@ def training_set(
 
 
 def iter_chunks(
-    key: jax.Array,
+    key: PRNGKeyArray,
     cfg: DataConfig,
     n: int,
-    V: jax.Array,
+    V: Float[Array, "k 2 d"],
     view: View,
     chunk: int = 8192,
     dtype: jnp.dtype = jnp.float32,
-):
+) -> Iterator[Batch]:
     """Yield a large test set of ``n`` points in chunks (fixed shape, so one compile).
 
     The last chunk is drawn full-size and trimmed; each chunk has its own key, so the

@@ -380,20 +380,10 @@ def train_points(
     stop = cfg.stop if stop is None else stop
     with precision(cfg.dtype, cfg.matmul_precision):
         dtype = jnp.dtype(cfg.dtype)
-        init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init_params)
+        init_params, x, y, V, eta, teacher_logits, teacher_axis = _points_inputs(
+            cfg, dtype, init_params, x, y, V, etas, teacher_logits
+        )
         Q, S = jax.tree.leaves(init_params)[0].shape[:2]
-        x, V = jnp.asarray(x, dtype), jnp.asarray(V, dtype)
-        y = jnp.asarray(y)
-        eta = jnp.asarray([cfg.eta] * Q if etas is None else list(etas), dtype)
-        if eta.shape != (Q,) or x.shape[0] != Q or y.shape[0] != Q or V.shape[0] != Q:
-            raise ValueError(
-                f"train_points: x {x.shape}, y {y.shape}, V {V.shape} and etas {eta.shape} "
-                f"need a leading axis of Q = {Q} points (init_params is (Q, S, ...))"
-            )
-        teacher_axis = None
-        if teacher_logits is not None:
-            teacher_logits = jnp.asarray(teacher_logits, dtype)
-            teacher_axis = 0 if teacher_logits.ndim == 4 else -1
         want = log_steps(T, cfg.n_log)
         chunk_fn = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
                                      dataclasses.replace(cfg, eta=1.0), T, stop,
@@ -412,6 +402,27 @@ def train_points(
         bar.close()
         return _result(net, objective, state, init_params, x, y, teacher_logits,
                        teacher_axis, rec)  # fmt: skip
+
+
+def _points_inputs(cfg, dtype, init_params, x, y, V, etas, teacher_logits) -> tuple:
+    """train_points' inputs in the training dtype, with their (Q, ...) leading axes checked:
+    (init_params, x, y, V, eta (Q,), teacher_logits, the teachers' seed axis: 0 for one per
+    seed, -1 for one per point, None for none)."""
+    init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init_params)
+    Q = jax.tree.leaves(init_params)[0].shape[0]
+    x, V = jnp.asarray(x, dtype), jnp.asarray(V, dtype)
+    y = jnp.asarray(y)
+    eta = jnp.asarray([cfg.eta] * Q if etas is None else list(etas), dtype)
+    if eta.shape != (Q,) or x.shape[0] != Q or y.shape[0] != Q or V.shape[0] != Q:
+        raise ValueError(
+            f"train_points: x {x.shape}, y {y.shape}, V {V.shape} and etas {eta.shape} "
+            f"need a leading axis of Q = {Q} points (init_params is (Q, S, ...))"
+        )
+    teacher_axis = None
+    if teacher_logits is not None:
+        teacher_logits = jnp.asarray(teacher_logits, dtype)
+        teacher_axis = 0 if teacher_logits.ndim == 4 else -1
+    return init_params, x, y, V, eta, teacher_logits, teacher_axis
 
 
 def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype) -> _State:

@@ -9,6 +9,17 @@ from the singles' inits. Records the views each student learned beyond its own l
 test set is drawn. One JSON line per variant; a rerun skips variants already written.
 
     python scripts/kd_levers.py --out docs/levers/kd_levers.jsonl
+
+What it produced (README "Distillation to its limit", docs/findings.md): the nine rows of
+``docs/levers/kd_levers.jsonl``, one per variant below, 4 students of each kind, written
+by that command at commits adceffc and f79bea0 (2026-11-28; the singles took 27 minutes
+and each variant about 8 on 2 cores). Then the trainer was fixed-η GD and students ran
+exactly their kd_T steps (2000 unless the variant says otherwise); since eb67a99 and
+77c3b00 the defaults are the flow integrator and students trained to convergence, so the
+rows are reproduced bit for bit only by running the command at f79bea0; on later code it
+measures the current defaults. A rerun skips the variants already in its --out file, so
+write to a new file to compare. It stays a script rather than an ``mvsim experiment``: a
+resumable study of many long rows, not one report with a figure.
 """
 
 from __future__ import annotations

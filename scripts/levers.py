@@ -10,6 +10,21 @@ training. Rows are appended to a JSON-lines file, one per lever, written whole; 
 skips levers already there.
 
     python scripts/levers.py --out docs/levers/levers.jsonl [--seeds 16] [--only NAME ...]
+
+What it produced (README "Best measured values", docs/findings.md): in
+``docs/levers/levers.jsonl`` the rows of the levers ``baseline`` and ``C_p=2`` (16 seeds,
+the demo's T = 5000), and in ``docs/levers/levers-T10000.jsonl`` the baseline at
+T = 10000, written by commit 2203a54 (2026-11-28; 24–28 minutes a lever at T = 5000 on 2 cores) with
+
+    python scripts/levers.py --out docs/levers/levers.jsonl --only baseline C_p=2
+    python scripts/levers.py --out docs/levers/levers-T10000.jsonl --only baseline --T 10000
+
+The other levers below were never run. Those rows were trained by fixed-η GD, before the
+flow integrator became the default (eb67a99): to reproduce them bit for bit, run the
+commands at 2203a54; on later code the same commands measure the current defaults. A
+rerun skips the levers already in its --out file, so write to a new file to compare.
+It stays a script rather than an ``mvsim experiment``: it is a resumable study of many
+hour-long rows, not one report with a figure.
 """
 
 from __future__ import annotations

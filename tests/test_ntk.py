@@ -141,7 +141,7 @@ def test_linearized_model_equals_network_at_init() -> None:
     lin = ntk.linearized_network(cfg, k, d)
     params = lin.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (5, cfg.data.P, d)) / np.sqrt(d)
-    base = model.network(ntk._lin_model_cfg(cfg), k, d)
+    base = model.network(ntk.linearized._lin_model_cfg(cfg), k, d)
     np.testing.assert_array_equal(np.asarray(params[0]), np.asarray(base.init(jax.random.key(0))))
     np.testing.assert_array_equal(
         np.asarray(lin.apply(params, x)), np.asarray(base.apply(params[1], x))
