@@ -10,7 +10,6 @@ import datetime as _dt
 import os
 import platform
 import re
-import resource
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Peak resident memory of a block: the package's own measure, which the sweep store also
+# records per point; the sections import it from here.
+from mvsim.resources import PeakRSS  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -243,41 +246,6 @@ def ratio_stats(num: list[float], den: list[float]) -> dict[str, Any]:
     """Median and range of a per-round ratio num[r] / den[r]."""
     r = [a / b for a, b in zip(num, den, strict=True)]
     return {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
-
-
-def _status_kb(field: str) -> int | None:
-    for line in (_read("/proc/self/status") or "").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-class PeakRSS:
-    """Peak resident memory of a block: resets the kernel's high-water mark (Linux
-    ``/proc/self/clear_refs`` = 5) and reads VmHWM after; falls back to ru_maxrss."""
-
-    def __enter__(self) -> PeakRSS:
-        self.reset = False
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.reset = True
-        except OSError:
-            pass
-        self.before = _status_kb("VmRSS") or 0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        hwm = _status_kb("VmHWM") if self.reset else None
-        self.peak = hwm or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.delta = max(0, self.peak - self.before)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rss_before_bytes": self.before,
-            "peak_rss_bytes": self.peak,
-            "peak_minus_before_bytes": self.delta,
-            "method": "VmHWM after clear_refs" if self.reset else "ru_maxrss (never reset)",
-        }
 
 
 def memory_analysis(compiled: Any) -> dict[str, int] | None:

@@ -482,6 +482,15 @@ def _with_ci(ax, k: np.ndarray, rows: list[dict], keys: tuple[str, str, str], **
     ax.errorbar(k, v, yerr=[v - lo, hi - v], fmt="o-", capsize=3, ms=4, **kw)
 
 
+def _series(ax, k: np.ndarray, rows: list[dict], specs: list[tuple[str, str, str]],
+            first_color: int = 0) -> None:  # fmt: skip
+    """One line per (row key, marker style, label), in the palette's order."""
+    from mvsim.plots import PALETTE
+
+    for j, (key, fmt, label) in enumerate(specs):
+        ax.plot(k, [r.get(key) for r in rows], fmt, color=PALETTE[first_color + j], label=label)
+
+
 def draw_errors(rep: dict[str, Any]):
     from mvsim.plots import PALETTE
 
@@ -506,8 +515,8 @@ def draw_two_view(rep: dict[str, Any]):
     keys = ("frac_two_view", "frac_two_view_lo", "frac_two_view_hi")
     _with_ci(ax, k, rows, keys, color=PALETTE[0], label="measured (95% CI)")
     ref = rep["summary"]["reference_k"]
-    ax.plot(k, [r["two_view_predicted"] for r in rows], "s--", color=PALETTE[1],
-            label=f"race model (k = {ref} curve, init law at each m)")  # fmt: skip
+    _series(ax, k, rows, [("two_view_predicted", "s--", f"race model (k = {ref} curve, init "
+                           "law at each m)")], first_color=1)  # fmt: skip
     law = rep["summary"]["two_view_power_law"]
     if law:
         kk = np.geomspace(k.min(), k.max(), 50)
@@ -537,17 +546,13 @@ def draw_race(rep: dict[str, Any]):
 
 
 def draw_band(rep: dict[str, Any]):
-    from mvsim.plots import PALETTE
 
     fig, ax = _axes("single models inside the band", "share of models")
-    k = _ks(rep, ax)
-    rows = rep["rows"]
-    ax.plot(k, [r.get("single_in_band") for r in rows], "o-", color=PALETTE[0],
-            label="measured: error/μ in [0.49, 0.51]")  # fmt: skip
-    ax.plot(k, [r["in_band_predicted"] for r in rows], "s--", color=PALETTE[1],
-            label="from the two-view fraction (binomial)")  # fmt: skip
-    ax.plot(k, [r["models_without_two_view_class"] for r in rows], "^:", color=PALETTE[2],
-            label="measured: no two-view class")  # fmt: skip
+    _series(ax, _ks(rep, ax), rep["rows"], [
+        ("single_in_band", "o-", "measured: error/μ in [0.49, 0.51]"),
+        ("in_band_predicted", "s--", "from the two-view fraction (binomial)"),
+        ("models_without_two_view_class", "^:", "measured: no two-view class"),
+    ])  # fmt: skip
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=7)
     return fig
