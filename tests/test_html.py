@@ -141,7 +141,7 @@ def test_experiment_pages(tmp_path) -> None:
 
 def test_the_demo_run_has_its_page_and_the_readme_shows_it() -> None:
     """docs/demo/report.html is the committed demo report's page (`mvsim plot-report
-    docs/demo/report.json`); the README links it and shows a screenshot of its top."""
+    docs/demo/report.json`); the README links it and shows a screenshot of it."""
     rep = json.loads((ROOT / "docs" / "demo" / "report.json").read_text())
     page = (ROOT / "docs" / "demo" / "report.html").read_text(encoding="utf-8")
     for c in rep["claims"]:
@@ -149,8 +149,8 @@ def test_the_demo_run_has_its_page_and_the_readme_shows_it() -> None:
         assert f'class="verdict {c["verdict"]}">{c["verdict"]}<' in row
     assert page.count("<svg") == len(list((ROOT / "docs" / "demo" / "figures").glob("*.svg")))
     assert "](docs/demo/report.html)" in README
-    assert "![" in README and "docs/demo/report-top.png" in README
-    assert _png_size(ROOT / "docs" / "demo" / "report-top.png")[0] >= 1000
+    assert "![" in README and "](docs/demo/report.png)" in README
+    assert _png_size(ROOT / "docs" / "demo" / "report.png")[0] >= 1000
 
 
 def test_the_templates_ship_with_the_package() -> None:
