@@ -1,5 +1,7 @@
 """The documentation's promises: the committed config regenerates the README's run, the
-README's CLI reference and figures match the code, and the public API is documented."""
+CLI reference and figures match the code, every page's links resolve, and the public API
+is documented. The documentation is README.md (the landing page) plus every docs/*.md
+page; links and images are relative to the page that holds them."""
 
 from __future__ import annotations
 
@@ -9,12 +11,72 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import mvsim
 from mvsim import cli
 from mvsim.config import Config, load_file, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_PATH = ROOT / "README.md"
+README = README_PATH.read_text(encoding="utf-8")
+DOCS_PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README_PATH, *DOCS_PAGES]
+TEXT = {page: page.read_text(encoding="utf-8") for page in PAGES}
+ALL_TEXT = "\n".join(TEXT.values())
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.M)
+
+
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _local(link: str) -> bool:
+    return not link.startswith(("http://", "https://", "mailto:"))
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = TEXT.get(page) or page.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {_slug(h) for h in HEADING.findall(text)}
+
+
+def _subcommands() -> dict:
+    sub = next(
+        a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
+    )
+    return sub.choices
+
+
+def test_the_docs_are_the_readme_and_its_pages() -> None:
+    """docs/ holds the pages the landing page moved out, and README links every one."""
+    assert len(DOCS_PAGES) >= 10, [_name(p) for p in DOCS_PAGES]
+    unlinked = [_name(p) for p in DOCS_PAGES if f"]({_name(p)}" not in README]
+    assert not unlinked, f"README does not link {unlinked}"
+
+
+def test_the_readme_is_a_landing_page() -> None:
+    """The issue's bound (#17): the README stays a landing page; the rest lives in docs/."""
+    assert len(README.splitlines()) <= 250
+    assert README.startswith("# mvsim\n\n```bash\n")
+    first_block = README.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert first_block[0].endswith("&& mvsim verify")
+    assert first_block[1].endswith("&& python -m pytest -q")
+
+
+def test_the_readmes_test_command_is_the_one_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = README.split("```bash\n", 1)[1].splitlines()[1]
+    assert test_command in ci.splitlines()
 
 
 def test_committed_config_is_the_demo_run() -> None:
@@ -28,19 +90,49 @@ def test_committed_config_is_the_demo_run() -> None:
     assert "mvsim verify --config docs/demo/config.toml --ntk --out docs/demo" in README
 
 
-def test_readme_figures_exist() -> None:
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
-    assert links
-    for link in links:
-        assert (ROOT / link).is_file(), link
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_figures_exist(page: Path) -> None:
+    for link in IMAGE.findall(TEXT[page]):
+        if _local(link):
+            assert (page.parent / link).is_file(), f"{_name(page)}: {link}"
 
 
-def test_readme_cli_reference_lists_every_subcommand() -> None:
-    sub = next(
-        a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
-    )
-    for name in sub.choices:
-        assert f"mvsim {name}" in README, f"README's CLI reference lacks `mvsim {name}`"
+def test_the_readme_shows_figures() -> None:
+    assert len(IMAGE.findall(README)) >= 3
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_links_resolve(page: Path) -> None:
+    """Every relative link (images too) points at a committed file or folder, relative to
+    the page; an anchor (#...) into a markdown page names one of its headings."""
+    for link in LINK.findall(TEXT[page]):
+        if not _local(link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{_name(page)}: {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"{_name(page)}: {link} (no such heading)"
+
+
+def test_the_readme_links_its_report() -> None:
+    assert "docs/demo/report.html" in LINK.findall(README)
+
+
+def test_cli_reference_lists_every_subcommand() -> None:
+    missing = [f"mvsim {name}" for name in _subcommands() if f"mvsim {name}" not in ALL_TEXT]
+    assert not missing, f"no page documents {missing}"
+
+
+def test_every_flag_is_documented() -> None:
+    missing = [
+        f"mvsim {name} {opt}"
+        for name, parser in _subcommands().items()
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in ALL_TEXT
+    ]
+    assert not missing, missing
 
 
 def test_public_api_is_documented() -> None:
@@ -49,28 +141,5 @@ def test_public_api_is_documented() -> None:
         for name in mvsim.__all__
         if (inspect.isfunction(getattr(mvsim, name)) or inspect.isclass(getattr(mvsim, name)))
         and not (getattr(mvsim, name).__doc__ or "").strip()
-    ]
-    assert not missing, missing
-
-
-def test_readme_links_resolve() -> None:
-    """Every relative link (not only images) points at a committed file or folder."""
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
-    local = [link for link in links if not link.startswith(("http://", "https://"))]
-    assert "docs/demo/report.html" in local
-    for link in local:
-        assert (ROOT / link).exists(), link
-
-
-def test_readme_documents_every_flag() -> None:
-    sub = next(
-        a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
-    )
-    missing = [
-        f"mvsim {name} {opt}"
-        for name, parser in sub.choices.items()
-        for action in parser._actions
-        for opt in action.option_strings
-        if opt.startswith("--") and opt not in README
     ]
     assert not missing, missing
