@@ -326,8 +326,8 @@ class TrainConfig:
     2.5k–10k+ steps per seed)."""
     integrator: Literal["flow", "gd"] = "flow"
     """'flow': the gradient flow dW/dt = −∇L with an adaptive solver (diffrax), which
-    follows GD's path at ~10× fewer gradient evaluations (README, benchmarks); 'gd':
-    fixed-η GD, the reference the flow is tested against."""
+    follows GD's path at ~10× fewer gradient evaluations (docs/training.md,
+    docs/benchmarks.md); 'gd': fixed-η GD, the reference the flow is tested against."""
     flow_solver: Literal["heun", "bosh3", "tsit5"] = "heun"
     """Explicit Runge–Kutta solver of the flow. Its tolerance is set per solver by the
     path tests: a higher order at the same nominal rtol is not the same accuracy (Bosh3 at
@@ -416,7 +416,7 @@ class DistillConfig:
     converge to (where a student's truncated p^τ stays below the teacher's, F_i is pushed
     up at a constant rate for ever), so its students run to this cap; 20,000 is ten
     times the fixed budget measured before, and by 5,000 the students had stopped
-    changing views (README, "Distillation to its limit")."""
+    changing views (docs/theorems.md, "Distillation to its limit")."""
     kd_stop: Literal["converged", "none"] = "converged"
     """'converged': a student trains to its limit, until it fits the training set and its
     objective changes by less than ``converge_tol`` per e-fold of time (or kd_T);

@@ -151,7 +151,7 @@ def _paper(o: Mapping[str, Any]) -> dict[str, Any]:
     16 seeds, twice demo's T (20000 at k = 10), students capped at 3T (60000; 4 of each
     kind), and test sets large enough (400k multi-view, 80k single-view points) that a
     zero-error ensemble's CI lies below 0.001μ with room to spare. Measured on the CPU
-    (README, "Reproducing the theorems"): the longer budgets move the distilled students
+    (docs/theorems.md): the longer budgets move the distilled students
     to their levels but not the single model, whose gap is set by the races the init
     leaves close, not by T."""
     return {

@@ -10,7 +10,7 @@ test set is drawn. One JSON line per variant; a rerun skips variants already wri
 
     python scripts/kd_levers.py --out docs/levers/kd_levers.jsonl
 
-What it produced (README "Distillation to its limit", docs/findings.md): the nine rows of
+What it produced (docs/theorems.md "Distillation to its limit", docs/findings.md): the nine rows of
 ``docs/levers/kd_levers.jsonl``, one per variant below, 4 students of each kind, written
 by that command at commits adceffc and f79bea0 (2026-11-28; the singles took 27 minutes
 and each variant about 8 on 2 cores). Then the trainer was fixed-η GD and students ran

@@ -11,7 +11,7 @@ skips levers already there.
 
     python scripts/levers.py --out docs/levers/levers.jsonl [--seeds 16] [--only NAME ...]
 
-What it produced (README "Best measured values", docs/findings.md): in
+What it produced (docs/theorems.md "What is reached at k = 10", docs/findings.md): in
 ``docs/levers/levers.jsonl`` the rows of the levers ``baseline`` and ``C_p=2`` (16 seeds,
 the demo's T = 5000), and in ``docs/levers/levers-T10000.jsonl`` the baseline at
 T = 10000, written by commit 2203a54 (2026-11-28; 24–28 minutes a lever at T = 5000 on 2 cores) with
