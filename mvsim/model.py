@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mvsim.config import ModelConfig
 
@@ -30,7 +31,7 @@ AlignmentFn = Callable[[Params, jax.Array], jax.Array]
 """alignment(params, V (k, 2, d)) -> (..., k, 2): what the trainer records as Λ."""
 
 
-def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
+def smoothed_relu(z: Float[Array, "*s"], q: int, varrho: float) -> Float[Array, "*s"]:
     """ReLU~(z): 0 for z ≤ 0, z^q/(q ϱ^{q−1}) on [0, ϱ], z − (1 − 1/q)ϱ above ϱ.
 
     Elementwise: any shape in, the same shape out, in the units of z.
@@ -46,21 +47,25 @@ def smoothed_relu(z: jax.Array, q: int, varrho: float) -> jax.Array:
     return jnp.where(z >= varrho, lin, poly)
 
 
-def smoothed_relu_grad(z: jax.Array, q: int, varrho: float) -> jax.Array:
+def smoothed_relu_grad(z: Float[Array, "*s"], q: int, varrho: float) -> Float[Array, "*s"]:
     """ReLU~'(z) in closed form: 0 for z ≤ 0, (z/ϱ)^{q−1} on [0, ϱ], 1 above."""
     # z > 0 mask: for q = 1 the power (z/ϱ)^0 would be 1 at z ≤ 0, not 0.
     poly = jnp.where(z > 0, (jnp.clip(z, 0.0, varrho) / varrho) ** (q - 1), 0.0)
     return jnp.where(z >= varrho, 1.0, poly)
 
 
-def init_weights(key: jax.Array, cfg: ModelConfig, k: int, d: int, dtype=jnp.float32) -> Params:
+def init_weights(
+    key: PRNGKeyArray, cfg: ModelConfig, k: int, d: int, dtype=jnp.float32
+) -> Float[Array, "k m d"]:
     """W^{(0)} with i.i.d. N(0, σ_0²) entries, shape (k, m, d). Drawn in float32 and cast,
     so that ``dtype`` changes the precision of a run, not its random draw."""
     draw = jax.random.normal(key, (k, cfg.m, d), dtype=jnp.float32)
     return (cfg.sigma_0 * draw).astype(dtype)
 
 
-def apply(W: Params, x: jax.Array, q: int, varrho: float) -> jax.Array:
+def apply(
+    W: Float[Array, "k m d"], x: Float[Array, "n P d"], q: int, varrho: float
+) -> Float[Array, "n k"]:
     """F(X) for a batch: W (k, m, d), x (n, P, d) -> logits (n, k)."""
     k, m, d = W.shape
     n, P, _ = x.shape
@@ -107,7 +112,7 @@ def averaged(cfg: ModelConfig, k: int, d: int, K: int, dtype=jnp.float32) -> Net
     return Network(init, _avg_apply_fn(cfg.q, cfg.varrho))
 
 
-def alignment(W: Params, V: jax.Array) -> jax.Array:
+def alignment(W: Float[Array, "*b k m d"], V: Float[Array, "k 2 d"]) -> Float[Array, "*b k 2"]:
     """Raw alignment max_r ⟨w_{i,r}, v_{i,ℓ}⟩: W (..., k, m, d), V (k, 2, d) -> (..., k, 2).
 
     The paper's Λ_{i,ℓ} is its positive part (:func:`view_strength`). For an averaged
@@ -116,7 +121,7 @@ def alignment(W: Params, V: jax.Array) -> jax.Array:
     return jnp.einsum("...kmd,kld->...kml", W, V).max(axis=-2)
 
 
-def view_strength(W: Params, V: jax.Array) -> jax.Array:
+def view_strength(W: Float[Array, "*b k m d"], V: Float[Array, "k 2 d"]) -> Float[Array, "*b k 2"]:
     """Λ_{i,ℓ} = max_r [⟨w_{i,r}, v_{i,ℓ}⟩]^+, shape (..., k, 2)."""
     return jnp.maximum(alignment(W, V), 0.0)
 
@@ -140,7 +145,7 @@ class Network(NamedTuple):
     alignment: AlignmentFn = alignment
 
 
-def views_learned(Lambda: jax.Array, threshold: float) -> jax.Array:
+def views_learned(Lambda: Float[Array, "*b k 2"], threshold: float) -> Bool[Array, "*b k 2"]:
     """Learned-view indicator per (class, view): Λ_{i,ℓ} ≥ threshold. Shape (..., k, 2) bool.
 
     The paper's dichotomy is Λ ≳ ϱ (learned) against Λ = Õ(σ_0) (not): any threshold
@@ -149,7 +154,7 @@ def views_learned(Lambda: jax.Array, threshold: float) -> jax.Array:
     return Lambda >= threshold
 
 
-def lottery_winner(W0: Params, V: jax.Array) -> jax.Array:
+def lottery_winner(W0: Float[Array, "*b k m d"], V: Float[Array, "k 2 d"]) -> Int[Array, "*b k"]:
     """The view each class should learn, from the init alone: argmax_ℓ Λ^{(0)}_{i,ℓ}.
 
     The paper's set M (notes §8.1) keeps (i, ℓ) when Λ^{(0)}_{i,ℓ} beats Λ^{(0)}_{i,3−ℓ}

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mvsim import devices, flow
 from mvsim.config import TrainConfig
@@ -61,7 +62,9 @@ class TrainResult(NamedTuple):
         return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f != "steps"})
 
 
-def cross_entropy(logits: jax.Array, y: jax.Array, teacher: jax.Array | None = None) -> jax.Array:
+def cross_entropy(
+    logits: Float[Array, "n k"], y: Int[Array, " n"], teacher: Float[Array, "n k"] | None = None
+) -> Float[Array, ""]:
     """Mean softmax cross-entropy with hard labels (the paper's L(F), notes §2).
 
     logits (n, k), y (n,) int labels in [0, k); ``teacher`` is ignored (the signature of
@@ -70,7 +73,7 @@ def cross_entropy(logits: jax.Array, y: jax.Array, teacher: jax.Array | None = N
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+def accuracy(logits: Float[Array, "n k"], y: Int[Array, " n"]) -> Float[Array, ""]:
     """Fraction of rows predicted right, exactly 1.0 when every row is right: a float32
     mean of 97 Trues is 0.99999994, and so is count/97 under jit (XLA multiplies by the
     reciprocal), which an ``acc >= 1`` test misses."""
@@ -85,12 +88,12 @@ def _margins(logits: jax.Array, y: jax.Array) -> jax.Array:
     return fy - other.max(axis=1)
 
 
-def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+def correct(logits: Float[Array, "n k"], y: Int[Array, " n"]) -> Bool[Array, " n"]:
     """F_y > F_i for every i ≠ y (ties are errors), shape (n,) bool."""
     return _margins(logits, y) > 0
 
 
-def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
+def margin(logits: Float[Array, "n k"], y: Int[Array, " n"]) -> Float[Array, ""]:
     """min over rows of F_y − max_{i≠y} F_i: positive exactly when every row is right
     (ties are errors), a real-valued form of ``accuracy == 1`` for locating the stop."""
     return _margins(logits, y).min()
@@ -280,17 +283,17 @@ def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
 
 
 def train(
-    key: jax.Array | None,
+    key: PRNGKeyArray | None,
     net: Network,
-    x: jax.Array,
-    y: jax.Array,
-    V: jax.Array,
+    x: Float[Array, "N P d"],
+    y: Int[Array, " N"],
+    V: Float[Array, "k 2 d"],
     cfg: TrainConfig,
     *,
     seeds: int | None = None,
     init_params: Params | None = None,
     objective: Objective = cross_entropy,
-    teacher_logits: jax.Array | None = None,
+    teacher_logits: Float[Array, "N k"] | Float[Array, "S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
     progress: bool = False,
@@ -338,15 +341,15 @@ def train(
 
 def train_points(
     net: Network,
-    x: jax.Array,
-    y: jax.Array,
-    V: jax.Array,
+    x: Float[Array, "Q N P d"],
+    y: Int[Array, "Q N"],
+    V: Float[Array, "Q k 2 d"],
     cfg: TrainConfig,
     init_params: Params,
     *,
     etas: Sequence[float] | None = None,
     objective: Objective = cross_entropy,
-    teacher_logits: jax.Array | None = None,
+    teacher_logits: Float[Array, "Q N k"] | Float[Array, "Q S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
     progress: bool = False,

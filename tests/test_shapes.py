@@ -90,3 +90,38 @@ def test_ntk_signatures_hold() -> None:
     logits = jax.random.normal(jax.random.key(3), (cfg.ntk.ntk_seeds, D.N, D.k))
     variants = _check(linearized.teacher_variants, cfg, logits, None, np.float32)
     assert all(v.shape == (cfg.ntk.ntk_kd_students, D.N, D.k) for v in variants.values())
+
+
+def test_model_signatures_hold(cfg) -> None:
+    from mvsim import model
+
+    D, M = cfg.data, cfg.model
+    W = _check(model.init_weights, jax.random.key(0), M, D.k, D.d)
+    V = data.features(jax.random.key(1), D.d, D.k)
+    x = data.sample(jax.random.key(2), D, 5, V).x
+    assert _check(model.apply, W, x, M.q, M.varrho).shape == (5, D.k)
+    _check(model.smoothed_relu, x, M.q, M.varrho)
+    _check(model.smoothed_relu_grad, x, M.q, M.varrho)
+    W2 = jax.numpy.stack([W, W])  # an averaged model's leading member axis
+    lam = _check(model.view_strength, W2, V)
+    assert lam.shape == (2, D.k, 2)
+    _check(model.alignment, W, V)
+    _check(model.views_learned, lam, 0.5)
+    assert _check(model.lottery_winner, W2, V).shape == (2, D.k)
+    hints = typing.get_type_hints(model.alignment)
+    with jaxtyping.jaxtyped("context"):  # W's k against V's k: a mismatch is caught
+        assert _conforms(W, hints["W"]) and not _conforms(V[:-1], hints["V"])
+
+
+def test_train_signatures_hold(cfg) -> None:
+    from mvsim import train
+
+    D = cfg.data
+    logits = jax.random.normal(jax.random.key(0), (6, D.k))
+    y = jax.numpy.arange(6) % D.k
+    for fn in (train.cross_entropy, train.accuracy, train.correct, train.margin):
+        _check(fn, logits, y)
+    hints = typing.get_type_hints(train.train_points)
+    with jaxtyping.jaxtyped("context"):  # points' inputs: Q, N tied across x and y
+        x = jax.numpy.zeros((2, 5, D.P, D.d))
+        assert _conforms(x, hints["x"]) and not _conforms(y[None], hints["y"])
