@@ -38,6 +38,7 @@ def trainer_chunk(net: Any, tcfg: Any, n_steps: int, teacher_axis: int | None = 
             t,
             V,
             apply_fn=net.apply,
+            align_fn=net.alignment,
             objective=cross_entropy,
             opt=opt,
             cfg=tcfg,

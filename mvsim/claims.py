@@ -402,6 +402,16 @@ def mechanism(m: Measurements) -> dict[str, Any]:
     return out
 
 
+def _escapes(hist: dict[str, np.ndarray], varrho: float) -> dict[str, Any]:
+    """``escape_steps`` (K, k): the recorded step at which a class's first view reached ϱ,
+    the end of the plateau its race decides (−1 where none did); {} without a history."""
+    if "steps" not in hist or "alignment" not in hist:
+        return {}
+    cross = mech.crossing_steps(hist["steps"], np.maximum(hist["alignment"], 0.0), varrho)
+    escape = np.where(cross >= 0, cross, np.inf).min(-1)
+    return {"escape_steps": np.where(np.isfinite(escape), escape, -1).astype(int).tolist()}
+
+
 def _lottery(m: Measurements, views: np.ndarray) -> dict[str, Any]:
     """The lottery read off Λ at init: how often the larger initial alignment won, and the
     two-view fraction by initial ratio (the patch CNN only)."""
@@ -422,15 +432,8 @@ def _lottery(m: Measurements, views: np.ndarray) -> dict[str, Any]:
                 "frac_two_views": float((per_class[sel] == 2).mean()) if sel.any() else None,
             }
         )
-    hist = m.single_history
-    # A class escapes when its first view reaches ϱ: the end of the plateau the race
-    # decides (mechanism.crossing_steps; -1 where no view got there).
-    cross = mech.crossing_steps(
-        hist["steps"], np.maximum(hist["alignment"], 0.0), m.cfg.model.varrho
-    ).astype(float)
-    escape = np.where(cross >= 0, cross, np.inf).min(-1)
     return {
-        "escape_steps": np.where(np.isfinite(escape), escape, -1).astype(int).tolist(),
+        **_escapes(m.single_history, m.cfg.model.varrho),
         "lottery_prediction_accuracy": float(lottery_ok.mean()) if lottery_ok.size else None,
         "two_views_by_initial_ratio": two_by_ratio,
         "init_alignment": np.round(m.init_alignment, 6).tolist(),
