@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Bool, Float, Int
 
 from mvsim import data, distill, learners, mechanism, model
 from mvsim.config import FIELD_SECTION, Config, ConfigError
@@ -49,15 +50,15 @@ class Group:
     """One set of S models measured on the same test points."""
 
     name: str
-    errors_multi: np.ndarray  # (S, n_test_multi) bool
-    errors_single: np.ndarray  # (S, n_test_single) bool
-    train_accuracy: np.ndarray  # (S,)
-    views: np.ndarray | None = None  # (S, k, 2) bool learned views, None for ensembles
-    steps: np.ndarray | None = None  # (S,) GD steps taken (the flow: GD-equivalent t/η)
-    grad_evals: np.ndarray | None = None  # (S,) gradient evaluations they cost
-    # (S, k, 2) accuracy on the single-view test points of each (class, strong view): the
-    # behavioural reading of the views (NaN where a cell has no test point)
-    view_accuracy: np.ndarray | None = None
+    errors_multi: Bool[np.ndarray, "S n_multi"]
+    errors_single: Bool[np.ndarray, "S n_single"]
+    train_accuracy: Float[np.ndarray, " S"]
+    views: Bool[np.ndarray, "S k 2"] | None = None  # learned views; None for ensembles
+    steps: Float[np.ndarray, " S"] | None = None  # GD steps (the flow: GD-equivalent t/η)
+    grad_evals: Int[np.ndarray, " S"] | None = None  # gradient evaluations they cost
+    # Accuracy on the single-view test points of each (class, strong view): the
+    # behavioural reading of the views (NaN where a cell has no test point).
+    view_accuracy: Float[np.ndarray, "S k 2"] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,11 +68,11 @@ class Measurements:
 
     cfg: Config
     groups: dict[str, Group]
-    test_single_y: np.ndarray  # (n_test_single,)
-    test_single_strong: np.ndarray  # (n_test_single,) ℓ̂
+    test_single_y: Int[np.ndarray, " n_single"]
+    test_single_strong: Int[np.ndarray, " n_single"]  # ℓ̂
     single_history: dict[str, np.ndarray]  # steps (L,), alignment (K, L, k, 2), loss, acc
-    lottery: np.ndarray | None  # (K, k) predicted winning view of each single's init
-    init_alignment: np.ndarray | None  # (K, k, 2) max_r ⟨w^{(0)}, v⟩ (None: no Λ)
+    lottery: Int[np.ndarray, "K k"] | None  # predicted winning view of each single's init
+    init_alignment: Float[np.ndarray, "K k 2"] | None  # max_r ⟨w^{(0)}, v⟩ (None: no Λ)
     memorisation: dict[str, Any]
     timing: dict[str, float]
     single_train_logits: np.ndarray | None = None  # (K, N, k) the singles on the training set

@@ -125,3 +125,26 @@ def test_train_signatures_hold(cfg) -> None:
     with jaxtyping.jaxtyped("context"):  # points' inputs: Q, N tied across x and y
         x = jax.numpy.zeros((2, 5, D.P, D.d))
         assert _conforms(x, hints["x"]) and not _conforms(y[None], hints["y"])
+
+
+def test_verify_measurements_hold_their_shapes() -> None:
+    """verify.run's Measurements, group by group, against the Group and Measurements
+    field annotations (one S, k, n per group)."""
+    from mvsim import verify
+
+    cfg = make_config("tiny", {"seeds": 2, "T": 100, "n_test_multi": 200,
+                               "n_test_single": 200})  # fmt: skip
+    m = verify.run(cfg, claims=["single", "ensemble"], progress=False)
+    hints = typing.get_type_hints(verify.Measurements)
+    with jaxtyping.jaxtyped("context"):
+        for f in ("test_single_y", "test_single_strong", "lottery", "init_alignment"):
+            assert _conforms(getattr(m, f), hints[f]), f
+    group = typing.get_type_hints(verify.Group)
+    fields = [f for f in group if f not in ("name", "extra")]
+    for name, g in m.groups.items():
+        with jaxtyping.jaxtyped("context"):
+            assert all(_conforms(getattr(g, f), group[f]) for f in fields), name
+    g = m.groups["single"]
+    with jaxtyping.jaxtyped("context"):  # one S per group: a short row count is caught
+        assert _conforms(g.errors_multi, group["errors_multi"])
+        assert not _conforms(g.train_accuracy[:-1], group["train_accuracy"])
