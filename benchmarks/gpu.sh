@@ -10,7 +10,7 @@
 # Part k-scaling runs `mvsim experiment k-scaling` on the demo family at k = 10, 20, 40,
 # 70, 100 (all claims, the default seeds per k) into OUT's folder/k-scaling (report.json,
 # figures, report.html, store.sqlite; rerunning resumes from the store). Sized for about
-# 10 minutes on one H100/H200 from the CPU's measured growth (time per point ∝ k^~2.5, see
+# 10 minutes on one H100/H200 from the CPU's measured growth (time per model ∝ k^2.3, see
 # docs/k-scaling.md): an estimate, not yet run on a GPU. --quick: the tiny family
 # at k = 2, 3 with single and ensemble only, a minute on a CPU (tests/test_k_scaling.py).
 # Default part: all (bench, then k-scaling).
