@@ -418,12 +418,11 @@ def _lottery(m: Measurements, views: np.ndarray) -> dict[str, Any]:
     per_class = views.sum(-1)
     one = per_class == 1
     lottery_ok = (views.argmax(-1) == m.lottery)[one]
-    a = np.maximum(m.init_alignment, 0.0)
-    ratio = a.min(-1) / np.maximum(a.max(-1), 1e-30)
+    b = mech.ratio_bin(mech.race_ratio(m.init_alignment))
     bins = mech.RATIO_BINS
     two_by_ratio = []
-    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
-        sel = (ratio >= lo) & ((ratio < hi) if hi < 1 else (ratio <= hi))
+    for j, (lo, hi) in enumerate(zip(bins[:-1], bins[1:], strict=True)):
+        sel = b == j
         two_by_ratio.append(
             {
                 "ratio_lo": lo,

@@ -301,10 +301,20 @@ def initial_ratio_distribution(
     two views both start at 0 counts as r = 0 (no race).
     """
     rng = np.random.default_rng(seed)
-    a = np.maximum(rng.standard_normal((n, 2, m)).max(-1), 0.0)
-    r = a.min(-1) / np.maximum(a.max(-1), 1e-30)
-    idx = np.clip(np.searchsorted(bins, r, side="right") - 1, 0, len(bins) - 2)  # r = 1: last
-    return np.bincount(idx, minlength=len(bins) - 1) / n
+    r = race_ratio(rng.standard_normal((n, 2, m)).max(-1))
+    return np.bincount(ratio_bin(r, bins), minlength=len(bins) - 1) / n
+
+
+def race_ratio(init_alignment: np.ndarray) -> np.ndarray:
+    """r = Λ_loser/Λ_winner of each class at init, in [0, 1], shape (..., k) from (..., k, 2)
+    max_r ⟨w^{(0)}, v⟩ (positive parts taken); 0 where both views start at ≤ 0 (no race)."""
+    a = np.maximum(np.asarray(init_alignment, float), 0.0)
+    return a.min(-1) / np.maximum(a.max(-1), 1e-30)
+
+
+def ratio_bin(r: np.ndarray, bins: Sequence[float] = RATIO_BINS) -> np.ndarray:
+    """The bin of each ratio: bins[j] ≤ r < bins[j+1], the last bin closed at r = 1."""
+    return np.clip(np.searchsorted(bins, r, side="right") - 1, 0, len(bins) - 2)
 
 
 def predicted_two_view_fraction(

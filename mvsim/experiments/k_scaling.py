@@ -29,7 +29,7 @@ import numpy as np
 from mvsim import sweep
 from mvsim.config import ConfigError, make_config
 from mvsim.experiments import envelope, fmt_ci, rate_ci, text_table
-from mvsim.mechanism import RATIO_BINS, initial_ratio_distribution
+from mvsim.mechanism import RATIO_BINS, initial_ratio_distribution, race_ratio, ratio_bin
 
 DEFAULT_KS = (3, 5, 10, 20, 30, 40)
 FAMILIES = ("demo", "demo-logm", "demo-theory", "tiny")  # tiny: the test suite's
@@ -199,12 +199,12 @@ def race(init_alignment: np.ndarray, two: np.ndarray, m: int) -> dict[str, Any]:
     """The race curve (two-view fraction per bin of the initial ratio r = Λ_loser/Λ_winner,
     with exact CIs), its midpoint r₅₀ (logistic fit over the classes, bootstrap CI), the
     init law P_m(r ∈ bin) and the two-view fraction it predicts with this curve."""
-    a = np.maximum(init_alignment, 0.0)
-    r = (a.min(-1) / np.maximum(a.max(-1), 1e-30)).ravel()
+    r = race_ratio(init_alignment).ravel()
+    b = ratio_bin(r)
     two = np.asarray(two, bool).ravel()
     curve = []
-    for lo, hi in zip(RATIO_BINS[:-1], RATIO_BINS[1:], strict=True):
-        sel = (r >= lo) & ((r < hi) if hi < 1 else (r <= hi))
+    for j, (lo, hi) in enumerate(zip(RATIO_BINS[:-1], RATIO_BINS[1:], strict=True)):
+        sel = b == j
         rate, clo, chi = rate_ci(int(two[sel].sum()), int(sel.sum()))
         curve.append({"lo": lo, "hi": hi, "classes": int(sel.sum()), "frac_two": rate,
                       "ci_lo": clo, "ci_hi": chi})  # fmt: skip
