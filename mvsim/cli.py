@@ -218,7 +218,7 @@ def _k_scaling(args: argparse.Namespace, mod: Any, overrides: dict[str, Any]) ->
 
     family = args.family or "demo"
     claims = sweep.check_claims(args.claims.split(",")) if args.claims else None
-    mod.points(_ks(args, mod), family, overrides, claims)  # all validated before compute
+    # run() builds and validates every point before it trains anything.
     return mod.run(_ks(args, mod), family, overrides, store=args.store, claims=claims,
                    progress=not args.no_progress)  # fmt: skip
 

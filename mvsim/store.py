@@ -79,7 +79,11 @@ ADDED_COLUMNS = ("mechanism_json", "peak_rss_bytes")
 
 def canonical_json(cfg: Config) -> str:
     """The config as JSON with sorted keys and no whitespace (tuples become lists)."""
-    return json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return _canonical(cfg.to_dict())
+
+
+def _canonical(d: Mapping[str, Any]) -> str:
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 # Config fields added after stores were first written (the learners of issue 18). While
@@ -104,8 +108,7 @@ def config_hash(cfg: Config) -> str:
             for name in KEY_OMITS_AT_DEFAULT:
                 if name in fields and fields[name] == defaults[section][name]:
                     del fields[name]
-    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_canonical(d).encode()).hexdigest()
 
 
 class StoreError(ValueError):
