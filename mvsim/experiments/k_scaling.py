@@ -18,6 +18,7 @@ a two-view class, the escape-time spread, and the cost per model.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -128,6 +129,8 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
         if sel.empty:
             raise ValueError(f"{store} holds no results for k = {p.cfg.data.k}")
         rows.append(point_row(p, sel))
+    for r, pred in zip(rows, race_model_predictions(rows), strict=True):
+        r.update(pred)
     rep = envelope("k-scaling", pts[0].cfg)
     rep.update({
         "description": __doc__.strip().splitlines()[0],
@@ -146,8 +149,6 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
 
 def point_row(p: sweep.Point, sel: Any) -> dict[str, Any]:
     """The flat row of one k from its stored claim rows (a DataFrame slice)."""
-    import json
-
     cfg = p.cfg
     claims = {r.claim: json.loads(r.claim_json) for r in sel.itertuples()}
     first = sel.iloc[0]
@@ -175,6 +176,7 @@ def point_row(p: sweep.Point, sel: Any) -> dict[str, Any]:
     D = cfg.distill
     row["models"] = cfg.verify.seeds + 3 * D.kd_students + D.avg_seeds  # + kd, self, control
     row["seconds_per_model"] = row["point_seconds"] / row["models"]
+    row["in_band_predicted"] = in_band_probability(row["k"], row["frac_two_view"])
     return row
 
 
@@ -294,21 +296,31 @@ def claim_columns(cid: str, c: Mapping[str, Any]) -> dict[str, Any]:
 # --- across k ---------------------------------------------------------------------------
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the rows say together: the race model's two-view fraction at every k from the
-    reference curve, the power law of the two-view fraction in k (fitted k's only), the k
-    at which a model would sit in the band with probability ≥ 1/2, and the cost's growth."""
-    ref = min(rows, key=lambda r: (abs(r["k"] - REF_K), r["k"]))
-    ref_curve = np.nan_to_num([c["frac_two"] for c in ref["race_curve"]])
+def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row whose race curve the predictions carry to every k: k = REF_K, else the
+    nearest listed k (the smaller on a tie)."""
+    return min(rows, key=lambda r: (abs(r["k"] - REF_K), r["k"]))
+
+
+def race_model_predictions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row, the race model's two-view fraction (the reference row's curve weighted by
+    this k's init law) and the chance it gives a model of no two-view class."""
+    ref_curve = np.nan_to_num([c["frac_two"] for c in reference_row(rows)["race_curve"]])
+    out = []
     for r in rows:
         p = float((np.asarray(r["init_law"]) * ref_curve).sum())
-        r["two_view_predicted"] = p
-        r["no_two_view_class_predicted"] = (1 - p) ** r["k"]
-        r["in_band_predicted"] = in_band_probability(r["k"], r["frac_two_view"])
+        out.append({"two_view_predicted": p, "no_two_view_class_predicted": (1 - p) ** r["k"]})
+    return out
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the rows say together: the power law of the two-view fraction in k (fitted k's
+    only), the k at which a model would sit in the band with probability ≥ 1/2, and the
+    cost's growth."""
     fitted = [r for r in rows if r["fitted"]]
     return {
         "band": list(BAND),
-        "reference_k": ref["k"],
+        "reference_k": reference_row(rows)["k"],
         "not_fitted": [r["k"] for r in rows if not r["fitted"]],
         "unfitted_seeds": {str(r["k"]): r["seeds_unfitted"] for r in rows if r["seeds_unfitted"]},
         "two_view_power_law": two_view_power_law(fitted),
