@@ -80,11 +80,6 @@ class Measurements:
     view_analysis: str = "weights"
 
 
-def _learned(params: jax.Array, V: jax.Array, cfg: Config) -> np.ndarray:
-    lam = model.view_strength(params, V)
-    return np.asarray(model.views_learned(lam, cfg.verify.view_threshold * cfg.model.varrho))
-
-
 def _stack(trees: Sequence[Any]) -> Any:
     """Stack params pytrees along a new leading axis (one per config)."""
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
@@ -295,9 +290,12 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
                   grad_evals=trained.grad_evals[sl],
                   view_accuracy=mechanism.view_accuracy(es, ys, strong, cfg.data.k))  # fmt: skip
         if weights:  # Λ: the patch CNN's reading; an averaged model's views are its members'
-            g.views = _learned(trained.params, V, cfg)[sl]
-            lam = np.asarray(model.view_strength(trained.params, V))[sl]
-            g.views, lam = (g.views.any(1), lam.max(1)) if members else (g.views, lam)
+            params = jax.tree.map(lambda a: a[sl], trained.params)
+            lam = np.asarray(model.view_strength(params, V))
+            views = np.asarray(
+                model.views_learned(lam, cfg.verify.view_threshold * cfg.model.varrho)
+            )
+            g.views, lam = (views.any(1), lam.max(1)) if members else (views, lam)
             g.extra["view_strength"] = lam / cfg.model.varrho
         else:
             g.views = mechanism.behavioural_views(g.view_accuracy, cfg.verify.view_accuracy)
