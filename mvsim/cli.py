@@ -184,7 +184,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             raise ConfigError("--ks", args.ks, "applies to theory-scaling and k-scaling only")
         cfg = make_config(preset, overrides)
         _check_learner(cfg)
-        rep = mod.run(cfg, progress=not args.no_progress)
+        # learners keeps each finished learner under OUT, so a rerun resumes
+        done = {"done": Path(args.out) / "finished"} if args.name == "learners" and args.out else {}
+        rep = mod.run(cfg, progress=not args.no_progress, **done)
     print(mod.table(rep))
     if args.out:
         paths = experiments.write(rep, args.out, mod.figure)

@@ -395,12 +395,15 @@ def train_points(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-        if cfg.integrator == "flow":
-            state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
-                                   teacher_axis, want, shard, net.alignment)  # fmt: skip
-        else:
-            state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
-                                 teacher_logits, teacher_axis, want, shard, bar)  # fmt: skip
+        try:
+            if cfg.integrator == "flow":
+                state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
+                                       teacher_axis, want, shard, net.alignment)  # fmt: skip
+            else:
+                state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
+                                     teacher_logits, teacher_axis, want, shard, bar)  # fmt: skip
+        except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
+            raise DivergenceError(f"{e} [stage: {desc}]") from None
         bar.update(T - bar.n)
         bar.close()
         return _result(net, objective, state, init_params, x, y, teacher_logits,

@@ -221,6 +221,45 @@ def test_behaviour_and_weights_agree_on_the_tiny_patch_cnn(tiny_verify) -> None:
 # --- the experiment --------------------------------------------------------------------------
 
 
+def test_each_learner_gets_its_derived_eta_and_kd_objective() -> None:
+    """The presets give a flax learner η = 0.5 and Hinton's objective (the paper's update
+    has no limit for it), the patch CNN (2/3)ϱk and the paper's update; the experiment
+    re-derives both per learner, but a field set by hand holds for every learner."""
+    from mvsim.experiments import learners as exp
+
+    assert make_config("demo", {"learner": "vit"}).distill.kd_objective == "hinton"
+    assert make_config("demo").distill.kd_objective == "paper"
+    got = {c.model.learner: (c.train.eta, c.distill.kd_objective)
+           for c in exp.configs(make_config("demo"))}  # fmt: skip
+    assert got == {"patch_cnn": (pytest.approx(20 / 3), "paper"), "vit": (0.5, "hinton"),
+                   "mlp": (0.5, "hinton")}  # fmt: skip
+    by_hand = exp.configs(make_config("demo", {"kd_objective": "hinton", "eta": 1.0}))
+    assert {(c.train.eta, c.distill.kd_objective) for c in by_hand} == {(1.0, "hinton")}
+    mlp_first = exp.configs(make_config("demo", {"learner": "mlp"}), ("patch_cnn",))
+    assert mlp_first[0].distill.kd_objective == "paper"
+
+
+def test_a_rerun_takes_each_finished_learner_from_its_folder(tmp_path, monkeypatch) -> None:
+    """A learner finished in an earlier run of the same config is read back, not trained;
+    one whose config differs (here: another seed count) is trained again."""
+    from mvsim import store
+    from mvsim.experiments import learners as exp
+
+    cfg = make_config("tiny", SMALL)
+    (c,) = exp.configs(cfg, ("mlp",))
+    part = {"learner": "mlp", "rows": [{"learner": "mlp", "model": "single"}],
+            "summary": {"frac_one_view": 0.25}, "seconds": 12.5}  # fmt: skip
+    (tmp_path / f"{store.config_hash(c)}.json").write_text(json.dumps(part))
+    trained = []
+    monkeypatch.setattr(verify, "run", lambda c, **kw: trained.append(c) or 1 / 0)
+    rep = exp.run(cfg, learners=("mlp",), progress=False, done=tmp_path)
+    assert (rep["rows"], rep["summary"]["mlp"], rep["timing"]["mlp"]) == (
+        part["rows"], part["summary"], 12.5) and not trained  # fmt: skip
+    with pytest.raises(ZeroDivisionError):
+        exp.run(cfg.replace(seeds=3), learners=("mlp",), progress=False, done=tmp_path)
+    assert len(trained) == 1
+
+
 # Seconds-sized budgets: what is checked is that every stage runs for every learner and
 # lands in the report, the table, the figure, report.html and the store.
 SMALL = {"seeds": 2, "kd_students": 1, "avg_seeds": 1, "avg_members": 2, "T": 100,
@@ -233,7 +272,10 @@ def _experiment(tmp_path, learners_: tuple[str, ...]) -> dict:
     from mvsim.experiments import learners as exp
     from mvsim.experiments import write
 
-    rep = exp.run(make_config("tiny", SMALL), learners=learners_, progress=False)
+    rep = exp.run(
+        make_config("tiny", SMALL), learners=learners_, progress=False, done=tmp_path / "finished"
+    )
+    assert len(list((tmp_path / "finished").glob("*.json"))) == len(learners_)
     assert rep["learners"] == list(learners_)
     rows = {(r["learner"], r["model"]) for r in rep["rows"]}
     assert rows == {(lr, m) for lr in learners_ for m in exp.MODELS}

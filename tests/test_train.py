@@ -220,9 +220,9 @@ def test_divergence_raises_naming_step_and_seed(chunk):
     W0 = jnp.stack([jnp.zeros_like(W1), W1])
     tcd = dataclasses.replace(tc, chunk=chunk, stop="none", T=20)
     with pytest.raises(DivergenceError) as info:
-        train(None, net, big, y, V, tcd, init_params=W0)
+        train(None, net, big, y, V, tcd, init_params=W0, desc="2 big models")
     msg = str(info.value)
-    assert "step 1 of seed 1" in msg, msg
+    assert "step 1 of seed 1" in msg and msg.endswith("[stage: 2 big models]"), msg
 
 
 # --- precision -----------------------------------------------------------------------------

@@ -20,17 +20,19 @@ fourth column.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mvsim import claims, mechanism, verify
+from mvsim import claims, mechanism, store, verify
 from mvsim import learners as learners_mod
 from mvsim.config import BUILTIN_LEARNERS, Config
 from mvsim.experiments import check_seeds, envelope, text_table
-from mvsim.presets import eta_for
+from mvsim.presets import learner_fields
+from mvsim.report import write_json
 from mvsim.stats import Verdict, combine_verdicts
 
 LEARNERS = BUILTIN_LEARNERS
@@ -45,41 +47,48 @@ def learners_of(cfg: Config) -> tuple[str, ...]:
 
 def configs(cfg: Config, learners: tuple[str, ...] | None = None) -> list[Config]:
     """One config per learner: ``cfg`` with that learner and the experiments' test sizes
-    (the same data and test streams for all). η follows the learner as the presets derive
-    it (:func:`mvsim.presets.eta_for`) unless ``cfg``'s η was set by hand."""
-    E = cfg.experiment
-    k, varrho = cfg.data.k, cfg.model.varrho
-    derived = cfg.train.eta == eta_for(cfg.model.learner, k, varrho)
-    eta = lambda name: eta_for(name, k, varrho) if derived else cfg.train.eta
+    (the same data and test streams for all). The fields the presets derive from the
+    learner (η, the KD objective: :func:`mvsim.presets.learner_fields`) follow each
+    learner, except those ``cfg`` set by hand (that differ from what its own learner
+    derives), which every learner keeps."""
+    E, flat = cfg.experiment, cfg.flat()
+    own = learner_fields(cfg.model.learner, cfg.data.k, cfg.model.varrho)
+    kept = {f: flat[f] for f, v in own.items() if flat[f] != v}
     return [
-        cfg.replace(learner=name, eta=eta(name), n_test_multi=E.exp_n_test_multi,
+        cfg.replace(learner=name, n_test_multi=E.exp_n_test_multi,
                     n_test_single=E.exp_n_test_single,
-                    learner_kwargs=cfg.model.learner_kwargs if name == cfg.model.learner else {})
+                    learner_kwargs=cfg.model.learner_kwargs if name == cfg.model.learner else {},
+                    **{**learner_fields(name, cfg.data.k, cfg.model.varrho), **kept})
         for name in (learners or learners_of(cfg))
     ]  # fmt: skip
 
 
 def run(
-    cfg: Config, *, learners: tuple[str, ...] | None = None, progress: bool = True
+    cfg: Config,
+    *,
+    learners: tuple[str, ...] | None = None,
+    progress: bool = True,
+    done: Path | None = None,
 ) -> dict[str, Any]:
     """verify with every claim for each learner; returns the report dict (``rows``: one
-    per learner and model group; ``summary``: the three answers per learner)."""
+    per learner and model group; ``summary``: the three answers per learner).
+
+    ``done``: a folder where each learner's rows are kept as it finishes
+    (``<config hash>.json``), and taken from on a rerun, so an interrupted run loses no
+    learner it had finished."""
     check_seeds("learners", cfg)
     cfgs = configs(cfg, learners)
     for c in cfgs:  # every learner's import path and output shape before any training
         learners_mod.check(c.model, c.data.k, c.data.d, c.data.P)
-    t_all = time.perf_counter()
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     timing: dict[str, float] = {}
     for c in cfgs:
-        t = time.perf_counter()
-        m = verify.run(c, progress=progress)
-        timing[c.model.learner] = time.perf_counter() - t
-        results = {r.id: r for r in claims.evaluate_all(m)}
-        rows += _rows(c.model.learner, m, results)
-        summary[c.model.learner] = _answers(m, results)
-    timing["total"] = time.perf_counter() - t_all
+        part = _learner_part(c, progress, done)
+        rows += part["rows"]
+        summary[c.model.learner] = part["summary"]
+        timing[c.model.learner] = part["seconds"]
+    timing["total"] = sum(timing.values())
     rep = envelope("learners", cfg)
     rep.update(
         {
@@ -91,6 +100,25 @@ def run(
         }
     )
     return rep
+
+
+def _learner_part(c: Config, progress: bool, done: Path | None) -> dict[str, Any]:
+    """One learner's rows, answers and seconds: read from ``done`` when a run of this very
+    config finished there, else measured (and kept there)."""
+    path = None if done is None else Path(done) / f"{store.config_hash(c)}.json"
+    if path is not None and path.is_file():
+        if progress:
+            print(f"learners: {c.model.learner} taken from {path} (finished earlier)")
+        return json.loads(path.read_text())
+    t = time.perf_counter()
+    m = verify.run(c, progress=progress)
+    results = {r.id: r for r in claims.evaluate_all(m)}
+    part = {"learner": c.model.learner, "rows": _rows(c.model.learner, m, results),
+            "summary": _answers(m, results), "seconds": time.perf_counter() - t}  # fmt: skip
+    if path is not None:
+        write_json(path, part)
+        part = json.loads(path.read_text())  # the same JSON form as a resumed part
+    return part
 
 
 def _fractions(views: np.ndarray) -> dict[str, float]:
