@@ -112,6 +112,17 @@ def test_training_average_better_than_single_fails():
     assert _by_id(_measurements(avg=0.2))["training_average"].verdict.name == "FAIL"
 
 
+def test_a_training_average_that_learned_no_view_is_not_a_pass():
+    """Above 0.49μ because it learned nothing of a class is not the paper's reason."""
+    m = _measurements(avg=0.8)
+    avg = m.groups["training_average"]
+    avg.views = avg.views.copy()  # its own array: the singles share the fixture's
+    avg.views[1, 3] = False
+    r = _by_id(m)["training_average"]
+    assert r.verdict.name == "INCONCLUSIVE" and "models [1] have a class with no view" in r.reason
+    assert _by_id(_measurements(avg=0.8))["training_average"].verdict.name == "PASS"
+
+
 def test_predicted_error_limits():
     one = np.zeros((50, 2), bool)
     one[:, 0] = True
