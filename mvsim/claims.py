@@ -231,20 +231,20 @@ def _against_control(m: Measurements, name: str) -> tuple[Verdict, list[dict], s
 # --- the claims -------------------------------------------------------------------------
 
 
-def _no_view(g: Group) -> tuple[list[int], str]:
-    """The models of ``g`` with a class that learned no view, and the reason's words."""
+def _no_view(g: Group, v: Verdict, reason: str, instead: Verdict) -> tuple[Verdict, str]:
+    """``v`` and ``reason`` where some model of ``g`` learned no view of a class: a PASS
+    becomes ``instead`` (the mechanism is absent), and the reason names those models."""
     no_view = [s for s in range(g.views.shape[0]) if (g.views[s].sum(-1) == 0).any()]
-    words = f"; models {no_view} have a class with no view learned (mechanism absent)"
-    return no_view, words if no_view else ""
+    if not no_view:
+        return v, reason
+    v = instead if v == Verdict.PASS else v
+    return v, reason + f"; models {no_view} have a class with no view learned (mechanism absent)"
 
 
 def _single(claim: Claim, m: Measurements) -> ClaimResult:
     mu, g = m.cfg.data.mu, m.groups["single"]
     rows, v, reason = _level(claim, g, mu)
-    no_view, words = _no_view(g)
-    if no_view and v == Verdict.PASS:
-        v = Verdict.FAIL
-    reason += words
+    v, reason = _no_view(g, v, reason, Verdict.FAIL)
     preds = [predicted_error(g.views[s], m.cfg.data.s, mu)[2] for s in range(g.views.shape[0])]
     return _result(
         claim, m, g, v, reason, per_model=rows, finite_k_prediction=float(np.mean(preds))
@@ -293,10 +293,7 @@ def _training_average(claim: Claim, m: Measurements) -> ClaimResult:
     rows, v, reason = _level(claim, g, mu)
     # "No better than a single" holds for the paper's reason only when the average did
     # learn a view of every class; an average that learned none is merely bad.
-    no_view, words = _no_view(g)
-    if no_view and v == Verdict.PASS:
-        v = Verdict.INCONCLUSIVE
-    reason += words
+    v, reason = _no_view(g, v, reason, Verdict.INCONCLUSIVE)
     single = _estimate(m.groups["single"], mu)
     return _result(
         claim,
