@@ -263,6 +263,13 @@ class ModelConfig:
     """'vit': transformer blocks (pre-LayerNorm attention + MLP of width 2·vit_dim)."""
     vit_heads: int = 2
     """'vit': attention heads; must divide vit_dim."""
+    vit_kd_T: int = 1000
+    """'vit': cap on its distilled students' budget, which is min(kd_T, vit_kd_T) GD-equivalent
+    steps. The ViT's gradient flow is stiff: at the demo its Hinton student's flow steps
+    are ≈ η/50, so 20,000 steps cost ≈ 10⁶ gradients (hours per student on 2 CPU cores,
+    past flow_max_steps), against 52k at 1,000 (flow time 500 at η = 0.5, 50–150 times
+    what its singles take to fit). A student stopped at the cap is reported with its steps
+    (docs/learners.md)."""
     mlp_width: int = 64
     """'mlp': hidden units of the one-hidden-layer MLP on the flattened P·d input (64 at
     demo costs about what the patch CNN's k·m neurons do per sample)."""
@@ -309,6 +316,7 @@ class ModelConfig:
                 involves=("vit_dim",),
             )
         _int("mlp_width", self.mlp_width, 1)
+        _int("vit_kd_T", self.vit_kd_T, 1)
 
 
 @dataclass(frozen=True)

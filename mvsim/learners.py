@@ -212,6 +212,12 @@ def network(M: ModelConfig, k: int, d: int, P: int, dtype: Any = jnp.float32) ->
     return from_nnx(factory, d, k, kwargs, dtype, name=M.learner)
 
 
+def student_budget(M: ModelConfig, kd_T: int) -> int:
+    """GD-equivalent steps a distilled student may take: ``kd_T``, capped at ``vit_kd_T``
+    for the ViT (whose stiff flow would otherwise cost hours per student)."""
+    return min(kd_T, M.vit_kd_T) if M.learner == "vit" else kd_T
+
+
 def averaged(M: ModelConfig, k: int, d: int, P: int, K: int, dtype: Any = jnp.float32) -> Network:
     """The "training average" of K learners: one model, the mean of their outputs, trained
     jointly (:func:`mvsim.model.averaged` for the patch CNN). Params have a leading K."""

@@ -243,7 +243,8 @@ def run_many(
             st_inits = _stack([s[1] for s in setups])
             students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
                                     objective=distill.objective(KD), teacher_logits=teachers,
-                                    T=KD.kd_T, stop=KD.kd_stop, progress=progress,
+                                    T=learners.student_budget(M0, KD.kd_T), stop=KD.kd_stop,
+                                    progress=progress,
                                     desc=f"{pts}{3 * n_st} distilled students")  # fmt: skip
             sets["students"] = (net.apply, students.params)
             timing["train_students"] = time.perf_counter() - t

@@ -239,6 +239,19 @@ def test_each_learner_gets_its_derived_eta_and_kd_objective() -> None:
     assert mlp_first[0].distill.kd_objective == "paper"
 
 
+def test_only_the_vits_students_are_capped_at_vit_kd_T() -> None:
+    """The ViT's stiff flow caps its students at min(kd_T, vit_kd_T); every other learner
+    trains its students for kd_T, whatever vit_kd_T says."""
+    budget = lambda learner, **o: learners.student_budget(
+        make_config("demo", {"learner": learner, **o}).model, 20_000
+    )
+    assert budget("vit") == 1000 and budget("vit", vit_kd_T=30_000) == 20_000
+    assert budget("patch_cnn", vit_kd_T=5) == budget("mlp", vit_kd_T=5) == 20_000
+    with pytest.raises(ConfigError) as info:
+        make_config("demo", {"learner": "vit", "vit_kd_T": 0})
+    assert info.value.field == "vit_kd_T"
+
+
 def test_a_rerun_takes_each_finished_learner_from_its_folder(tmp_path, monkeypatch) -> None:
     """A learner finished in an earlier run of the same config is read back, not trained;
     one whose config differs (here: another seed count) is trained again."""

@@ -47,7 +47,7 @@ NUMERIC: dict[str, tuple[float, float, bool]] = {
     "rho": (0.0, 1.0, False), "Gamma": (0.0, 1.0, False),
     "m": (1, 16, False), "q": (1, 8, False), "varrho": (0.0, 5.0, True),
     "sigma_0": (0.0, 2.0, True), "vit_dim": (1, 128, False), "vit_depth": (1, 4, False),
-    "vit_heads": (1, 8, False), "mlp_width": (1, 512, False),
+    "vit_heads": (1, 8, False), "vit_kd_T": (1, 100_000, False), "mlp_width": (1, 512, False),
     "eta": (0.0, 50.0, True), "T": (1, 100_000, False), "chunk": (1, 1000, False),
     "loss_tol": (0.0, 1.0, False), "n_log": (2, 200, False), "block": (0, 5000, False),
     "flow_rtol": (0.0, 4.0, True), "flow_atol": (0.0, 1.0, True),
