@@ -267,7 +267,7 @@ class ModelConfig:
     """'vit': cap on its distilled students' budget, which is min(kd_T, vit_kd_T) GD-equivalent
     steps. The ViT's gradient flow is stiff: at the demo its Hinton student's flow steps
     are ≈ η/50, so 20,000 steps cost ≈ 10⁶ gradients (hours per student on 2 CPU cores,
-    past flow_max_steps), against 52k at 1,000 (flow time 500 at η = 0.5, 50–150 times
+    past flow_max_steps), against 52k at 1,000 (flow time 500 at η = 0.5, 90–150 times
     what its singles take to fit). A student stopped at the cap is reported with its steps
     (docs/learners.md)."""
     mlp_width: int = 64
