@@ -13,6 +13,10 @@
 # 10 minutes on one H100/H200 from the CPU's measured growth (time per model ∝ k^2.3, see
 # docs/k-scaling.md): an estimate, not yet run on a GPU. --quick: the tiny family
 # at k = 2, 3 with single and ensemble only, a minute on a CPU (tests/test_k_scaling.py).
+# Part learners runs `mvsim experiment learners` at the demo's data with the ViT's students
+# at the full kd_T (vit_kd_T = 20000: on 2 CPU cores its stiff flow costs hours per
+# student, docs/learners.md) into OUT's folder/learners; not timed on a GPU yet, so it is
+# not in all. --quick: the tiny preset with seconds-sized budgets.
 # Default part: all (bench, then k-scaling).
 #
 # Installs nothing: needs jax (with its CUDA plugin) and mvsim importable already, e.g.
@@ -65,8 +69,8 @@ out="${out:-benchmarks/results-gpu.json}"
 echo "gpu.sh: backend $backend, matmul precision $JAX_DEFAULT_MATMUL_PRECISION (compared with $other), writing $out"
 
 case "$part" in
-  bench | k-scaling | all) ;;
-  *) echo "gpu.sh: --part must be bench, k-scaling or all, not $part" >&2; exit 2 ;;
+  bench | k-scaling | learners | all) ;;
+  *) echo "gpu.sh: --part must be bench, k-scaling, learners or all, not $part" >&2; exit 2 ;;
 esac
 
 k_scaling() {
@@ -80,6 +84,25 @@ k_scaling() {
     "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 --out "$dir"
   fi
 }
+
+learners() {
+  local dir
+  dir="$(dirname "$out")/learners"
+  if [ -n "$quick" ]; then
+    "$PY" -m mvsim.cli experiment learners --preset tiny --seeds 2 --set kd_students=1 \
+      --set avg_seeds=1 --set avg_members=2 --set T=100 --set kd_T=20 --set vit_dim=8 \
+      --set mlp_width=8 --set exp_n_test_multi=200 --set exp_n_test_single=400 \
+      --no-progress --out "$dir"
+  else
+    "$PY" -m mvsim.cli experiment learners --preset demo --seeds 4 --set kd_students=1 \
+      --set avg_seeds=1 --set vit_kd_T=20000 --out "$dir" --store "$dir/store.sqlite"
+  fi
+}
+
+if [ "$part" = learners ]; then
+  learners
+  exit 0
+fi
 
 if [ "$part" = k-scaling ]; then
   k_scaling

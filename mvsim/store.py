@@ -93,7 +93,7 @@ def _canonical(d: Mapping[str, Any]) -> str:
 # against a store written before it).
 KEY_OMITS_AT_DEFAULT = (
     "learner", "learner_kwargs", "vit_dim", "vit_depth", "vit_heads", "mlp_width",
-    "view_accuracy",
+    "view_accuracy", "vit_kd_T",
 )  # fmt: skip
 
 

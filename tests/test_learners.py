@@ -8,7 +8,10 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,6 +22,8 @@ from frozendict import frozendict
 from mvsim import cli, data, learners, mechanism, verify
 from mvsim.config import ConfigError, make_config
 from mvsim.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 USER_MODULE = '''
 import jax
@@ -292,6 +297,8 @@ def _experiment(tmp_path, learners_: tuple[str, ...]) -> dict:
     assert rep["learners"] == list(learners_)
     rows = {(r["learner"], r["model"]) for r in rep["rows"]}
     assert rows == {(lr, m) for lr in learners_ for m in exp.MODELS}
+    students = [r["steps_max"] for r in rep["rows"] if r["model"] in ("kd", "control")]
+    assert students and max(students) <= SMALL["kd_T"]
     for lr in learners_:
         want = "weights" if lr == "patch_cnn" else "behaviour"
         assert rep["summary"][lr]["view_analysis"] == want and "kd" in rep["summary"][lr]
@@ -314,3 +321,16 @@ def test_learners_experiment_runs_on_tiny(tmp_path) -> None:
 def test_learners_experiment_runs_every_learner_on_tiny(tmp_path) -> None:
     rep = _experiment(tmp_path, ("patch_cnn", "vit", "mlp"))
     assert "view_agreement" in rep["summary"]["patch_cnn"]
+
+
+@pytest.mark.slow
+def test_gpu_script_learners_quick_on_cpu(tmp_path) -> None:
+    """benchmarks/gpu.sh's learners part, in its --quick form, runs on the CPU and leaves
+    the experiment's report beside the JSON it was given."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
+    cmd = ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--quick", "--part", "learners",
+           str(tmp_path / "gpu.json")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rep = json.loads((tmp_path / "learners" / "report.json").read_text())
+    assert rep["learners"] == ["patch_cnn", "vit", "mlp"]
