@@ -300,7 +300,10 @@ def figure(rep: dict[str, Any], out: Path) -> list[str]:
         ax.bar(xs, ys, w, yerr=[lo, hi], capsize=2, color=PALETTE[j % len(PALETTE)],
                label=name.replace("_", " "), error_kw={"lw": 0.8})  # fmt: skip
     ax.set_xticks(range(len(learners)), learners)
-    ax.set(ylabel="test error / μ (95% CI)", title="The claims, learner by learner")
+    # Linear below 0.01μ (zeros and the 0.001μ bounds stay visible), logarithmic above:
+    # one learner's errors can be 1000× another's (the MLP's 9μ beside 0.006μ).
+    ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
+    ax.set(ylabel="test error / μ (95% CI, symlog)", title="The claims, learner by learner")
     ax.legend(fontsize=7, ncol=3)
     bottom = np.zeros(len(learners))
     for j, (key, label) in enumerate((("frac_one_view_behaviour", "one view"),
