@@ -311,6 +311,15 @@ def render_verify(rep: Mapping[str, Any], figure_paths: Iterable[str | Path]) ->
     )
 
 
+def _experiment_seeds(rep: Mapping[str, Any]) -> str:
+    """The seeds of an experiment's run: its config's, or one per k where its points
+    differ (k-scaling gives fewer seeds to larger k; the config holds only the first's)."""
+    per = [r["seeds"] for r in rep.get("rows", []) if "seeds" in r]
+    if len(set(per)) <= 1:
+        return str(rep["config"]["verify"]["seeds"])
+    return ", ".join(map(str, per)) + (" (per k)" if len(per) == len(rep.get("ks", ())) else "")
+
+
 def render_experiment(
     rep: Mapping[str, Any], figure_paths: Iterable[str | Path], table: str
 ) -> str:
@@ -320,7 +329,7 @@ def render_experiment(
         ("experiment", rep["experiment"]),
         ("preset", rep["preset"]),
         ("k", ", ".join(map(str, rep["ks"])) if "ks" in rep else str(cfg["data"]["k"])),
-        ("seeds", str(cfg["verify"]["seeds"])),
+        ("seeds", _experiment_seeds(rep)),
     ]
     verdicts = [
         {"id": c["id"], "verdict": c["verdict"], "reason": c.get("reason", "")}

@@ -195,3 +195,15 @@ def test_the_committed_runs_are_their_stores(family):
     pts = k_scaling.points(committed["ks"], family, {}, claims)
     rep = k_scaling.from_store(out / "store.sqlite", pts, family)
     assert json.loads(json.dumps(rep["rows"])) == committed["rows"]
+
+
+def test_the_page_header_gives_the_seeds_of_every_k():
+    """k-scaling gives fewer seeds to larger k; the page's header says so per k rather
+    than showing the first point's seeds (the config's) for all."""
+    from mvsim import html_report
+
+    rep = json.loads((ROOT / "docs" / "k-scaling" / "demo" / "report.json").read_text())
+    page = html_report.render_experiment(rep, [], "")
+    per_k = ", ".join(str(r["seeds"]) for r in rep["rows"])
+    assert len({r["seeds"] for r in rep["rows"]}) > 1
+    assert f"<td>{per_k} (per k)</td>" in page, per_k
