@@ -148,7 +148,7 @@ def _rows(learner: str, m: verify.Measurements, results: dict) -> list[dict[str,
             "train_accuracy_min": float(np.min(g.train_accuracy)), "models": len(g.train_accuracy),
             "view_analysis": m.view_analysis,
         }  # fmt: skip
-        if g.steps is not None:  # a student at its cap (kd_T, vit_kd_T) had not converged
+        if g.steps is not None:  # with kd_stop 'converged', a student at its cap had not
             row["steps_max"] = float(np.max(g.steps))
         if g.view_accuracy is not None:
             beh = mechanism.behavioural_views(g.view_accuracy, thr)
