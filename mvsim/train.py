@@ -135,6 +135,35 @@ def blocked(apply_fn: ApplyFn, block: int) -> ApplyFn:
     return f
 
 
+class Traced(NamedTuple):
+    """The :class:`TrainConfig` values that keep every array shape, handed to the compiled
+    trainer as arguments rather than baked in as constants, so that runs differing only in
+    them (with η, passed per point) share one compiled program (:func:`traced`)."""
+
+    T: jax.Array  # the step budget (the flow: time T·η)
+    ts: jax.Array  # (n_log + 2,) the recorded steps log_steps(T, n_log), padded with T
+    loss_tol: jax.Array
+    converge_tol: jax.Array
+    flow_rtol: jax.Array
+    flow_atol: jax.Array
+
+
+def traced(cfg: TrainConfig, T: int, dtype) -> Traced:
+    """``cfg``'s shape-free values (budget ``T``) as arrays of the training ``dtype``. The
+    recorded steps are padded to a fixed length by repeating T (saved again, then
+    dropped), since their count varies with T."""
+    ts = log_steps(T, cfg.n_log)
+    ts = np.concatenate([ts, np.full(cfg.n_log + 2 - len(ts), T)])
+    a = lambda v: jnp.asarray(v, dtype)
+    return Traced(a(T), a(ts), a(cfg.loss_tol), a(cfg.converge_tol), a(cfg.flow_rtol),
+                  a(cfg.flow_atol))  # fmt: skip
+
+
+# The static config a compiled trainer is cached under: its traced values normalised.
+_NORMAL = {"eta": 1.0, "T": 1, "loss_tol": 0.0, "converge_tol": 1.0, "flow_rtol": 1.0,
+           "flow_atol": 1.0}  # fmt: skip
+
+
 class _State(NamedTuple):
     params: Params
     opt_state: optax.OptState
@@ -156,7 +185,7 @@ def _one_seed_chunk(
     objective: Objective,
     opt: optax.GradientTransformation,
     cfg: TrainConfig,
-    T: int,
+    tr: Traced,
     stop: str,
     n_steps: int,
 ):
@@ -177,12 +206,12 @@ def _one_seed_chunk(
         if stop == "accuracy":
             hit = acc >= 1.0  # exact: accuracy() is 1.0 iff every point is right
         elif stop == "loss":
-            hit = loss < cfg.loss_tol
+            hit = loss < tr.loss_tol
         elif stop == "converged":
-            hit = flow.converged(loss, mean, margin(logits, y), cfg.converge_tol) < 0
+            hit = flow.converged(loss, mean, margin(logits, y), tr.converge_tol) < 0
         else:
             hit = jnp.zeros((), bool)
-        done = s.done | hit | (s.t >= T) | ~finite
+        done = s.done | hit | (s.t >= tr.T) | ~finite
         stop_step = jnp.where(done & ~s.done, s.t, s.stop_step)
         updates, opt_state = opt.update(grads, s.opt_state, s.params)
         new_params = optax.apply_updates(s.params, updates)
@@ -213,24 +242,25 @@ def _chunk_fn(
     align_fn: AlignmentFn,
     objective: Objective,
     cfg: TrainConfig,
-    T: int,
     stop: str,
     n_steps: int,
     teacher_axis: int | None,
     points: int,
 ) -> Callable:
-    """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): ``n_steps``
+    """The jitted chunk ``f(state, x, y, teacher, V, eta, tr)`` over (points, seeds): ``n_steps``
     GD steps (``integrator = 'gd'``), or the whole flow of each model ('flow'; ``state``
     is then the init params and ``n_steps`` unused). Seeds are vmapped inside a point
     (sharing its data), points outside (each with its own x, y, V, η and teachers). One
-    per static setup: calls with the same model, objective and config (η excepted) reuse
-    it, and jit compiles once per array shape. η is traced so that an η sweep compiles
-    once; ``cfg.eta`` is not read (callers pass it normalised so it does not split the
-    cache). ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
+    per static setup: calls with the same model, objective and config (η and the
+    :class:`Traced` values excepted) reuse it, and jit compiles once per array shape. η
+    and ``tr`` (T, the recorded steps, the stop thresholds and the flow's tolerances) are
+    traced so that a sweep over them compiles once; ``cfg``'s copies are not read
+    (callers pass them normalised, :data:`_NORMAL`, so they do not split the cache).
+    ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
     shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
 
-    def point_chunk(state, x, y, teacher, V, eta):
-        kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, T=T,
+    def point_chunk(state, x, y, teacher, V, eta, tr):
+        kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, tr=tr,
                   stop=stop)  # fmt: skip
         if cfg.integrator == "flow":
             one = lambda s, t: _flow_one(s, x, y, t, V, eta, **kw)
@@ -241,19 +271,19 @@ def _chunk_fn(
 
     t_axis = None if teacher_axis is None else 0
     if points > 1:
-        return jax.jit(jax.vmap(point_chunk, in_axes=(0, 0, 0, t_axis, 0, 0)))
+        return jax.jit(jax.vmap(point_chunk, in_axes=(0, 0, 0, t_axis, 0, 0, None)))
 
     # One point: the same computation without the unit batch axis, which XLA's CPU dots
     # do not see through (a size-1 vmap made the demo's step about 10% slower).
-    def one_point(state, x, y, teacher, V, eta):
+    def one_point(state, x, y, teacher, V, eta, tr):
         drop = lambda t: jax.tree.map(lambda a: a[0], t)
-        out = point_chunk(*drop((state, x, y, teacher, V, eta)))
+        out = point_chunk(*drop((state, x, y, teacher, V, eta)), tr)
         return jax.tree.map(lambda a: a[None], out)
 
     return jax.jit(one_point)
 
 
-def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop):
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, tr, stop):
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
@@ -267,13 +297,12 @@ def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, c
             return -margin(logits, y)
         loss = objective(logits, y, teacher)
         if stop == "loss":
-            return loss - cfg.loss_tol
-        return flow.converged(loss, mean, margin(logits, y), cfg.converge_tol)
+            return loss - tr.loss_tol
+        return flow.converged(loss, mean, margin(logits, y), tr.converge_tol)
 
     loss_fn = lambda p: objective(fwd(p, x), y, teacher)
-    ts = jnp.asarray(log_steps(T, cfg.n_log), eta.dtype)
-    return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, ts,
-                      cfg=cfg, T=T)  # fmt: skip
+    return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, tr.ts,
+                      cfg=cfg, T=tr.T, rtol=tr.flow_rtol, atol=tr.flow_atol)  # fmt: skip
 
 
 def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
@@ -388,9 +417,11 @@ def train_points(
         )
         Q, S = jax.tree.leaves(init_params)[0].shape[:2]
         want = log_steps(T, cfg.n_log)
-        chunk_fn = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
-                                     dataclasses.replace(cfg, eta=1.0), T, stop,
+        compiled = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
+                                     dataclasses.replace(cfg, **_NORMAL), stop,
                                      min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
+        tr = traced(cfg, T, dtype)
+        chunk_fn = lambda points: lambda *args: compiled(points)(*args, tr)
         data = (x, y, V, eta)
         from tqdm.auto import tqdm
 
@@ -452,9 +483,10 @@ def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, a
     stop_step = np.asarray(out.stop_step)
     _check_flow(np.asarray(out.ok), stop_step, Q)
     live = want <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L); t/η rounds off T·η/η
-    loss = np.where(live, np.asarray(out.loss), np.nan)
-    acc = np.where(live, np.asarray(out.accuracy), np.nan)
-    lam = np.asarray(out.alignment)  # (Q, S, L, ..., k, 2)
+    L = len(want)  # the saves past it repeat T (the padding of Traced.ts)
+    loss = np.where(live, np.asarray(out.loss)[:, :, :L], np.nan)
+    acc = np.where(live, np.asarray(out.accuracy)[:, :, :L], np.nan)
+    lam = np.asarray(out.alignment)[:, :, :L]  # (Q, S, L, ..., k, 2)
     final = np.asarray(jax.vmap(jax.vmap(align_fn, in_axes=(0, None)))(out.params, data[2]))
     lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
     rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
