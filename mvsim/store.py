@@ -11,6 +11,12 @@ Durability: the database runs in WAL mode with ``synchronous=FULL``, and all row
 point are inserted in ONE transaction after the point has finished. A process killed at
 any moment (SIGKILL included) therefore leaves every finished point whole and no partial
 one, and ``(config_hash, claim)`` is the primary key, so no row can be duplicated.
+
+A point whose run raised (a :class:`~mvsim.train.DivergenceError`, out of memory, a worker
+that died too often) is kept in the ``failed_points`` table with its error text
+(:func:`write_failure`, :func:`read_failures`), one row per point, and is not a result:
+a rerun of the sweep retries it, and once it succeeds its failure row is deleted in the
+transaction that stores its results.
 """
 
 from __future__ import annotations
@@ -244,11 +250,87 @@ def write_point(
     try:
         cur = conn.executemany(f"INSERT OR IGNORE INTO results VALUES ({marks})", rows)
         n = cur.rowcount
+        if _has_failures(conn):
+            conn.execute("DELETE FROM failed_points WHERE config_hash = ?", (h,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return n
+
+
+# The failed points of a store, created by its first failure (so that reading a store, a
+# committed one included, never changes its file).
+FAILURES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS failed_points (config_hash TEXT PRIMARY KEY, preset TEXT, "
+    "point_json TEXT, config_json TEXT, claims_json TEXT, error TEXT, attempts INTEGER, "
+    "started_at TEXT, finished_at TEXT, worker TEXT, mvsim_version TEXT, jax_version TEXT, "
+    "backend TEXT)"
+)
+
+
+def _has_failures(conn: sqlite3.Connection) -> bool:
+    q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failed_points'"
+    return conn.execute(q).fetchone() is not None
+
+
+def write_failure(
+    conn: sqlite3.Connection,
+    cfg: Config,
+    point: Mapping[str, Any],
+    claims: Sequence[str],
+    error: str,
+    *,
+    started_at: str,
+    env: Mapping[str, Any],
+    worker: str = "local",
+) -> None:
+    """Record that a point's run raised ``error`` (its text), in one transaction: one row
+    per point, its ``attempts`` counted up on each failure. Its results, if any claims were
+    stored before, are untouched."""
+    from mvsim.report import json_default
+
+    point_json = json.dumps(dict(point), sort_keys=True, default=json_default)
+    versions = tuple(env.get(k) for k in ("mvsim_version", "jax_version", "backend"))
+    row = (config_hash(cfg), cfg.preset, point_json, canonical_json(cfg),
+           json.dumps(list(claims)), error, started_at, utc_now(), worker, *versions)  # fmt: skip
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(FAILURES_TABLE)
+        conn.execute(
+            "INSERT INTO failed_points VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(config_hash) DO UPDATE SET error = excluded.error, "
+            "claims_json = excluded.claims_json, attempts = attempts + 1, "
+            "started_at = excluded.started_at, finished_at = excluded.finished_at, "
+            "worker = excluded.worker, mvsim_version = excluded.mvsim_version, "
+            "jax_version = excluded.jax_version, backend = excluded.backend",
+            row,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def read_failures(path: str | Path) -> pd.DataFrame:
+    """The store's failed points as a DataFrame (columns of the ``failed_points`` table,
+    plus ``point_<field>`` for each swept field), oldest first; empty when none failed."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result store at {path}")
+    conn = connect(path)
+    try:
+        if not _has_failures(conn):  # none failed yet: an empty table, in memory only
+            conn.execute(FAILURES_TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+        df = pd.read_sql_query("SELECT * FROM failed_points ORDER BY rowid", conn)
+    finally:
+        conn.close()
+    points = [json.loads(p) for p in df["point_json"]]
+    for ax in sorted({k for p in points for k in p}):
+        df[f"point_{ax}"] = [_scalar(p.get(ax)) for p in points]
+    return df
 
 
 def _compact(mechanism: Mapping[str, Any]) -> dict[str, Any]:

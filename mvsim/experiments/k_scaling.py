@@ -99,16 +99,19 @@ def run(
     claims: Sequence[str] | None = None,
     progress: bool = True,
     log: Any = print,
+    **executor: Any,
 ) -> dict[str, Any]:
-    """Run every k not yet in ``store`` (in increasing k, each stored when it finishes),
-    then build the report from the store. ``claims``: a subset of the claim ids (None:
-    all)."""
+    """Run every k not yet in ``store`` (one sweep, :func:`mvsim.sweep.run_sweep`, each k
+    stored when it finishes), then build the report from the store. ``claims``: a subset
+    of the claim ids (None: all). ``executor``: run_sweep's ``executor``, ``scheduler``,
+    ``workers`` and ``compile_cache`` (the points as tasks of a Dask cluster)."""
     pts = points(ks, family, overrides, claims)
     t0 = time.perf_counter()
-    for p in pts:
-        if progress:
-            log(f"k-scaling: k = {p.cfg.data.k} ({family}, {p.cfg.verify.seeds} seeds)")
-        sweep.run_sweep([p], store, claims, progress=False, log=log if progress else _quiet)
+    if progress:
+        log(f"k-scaling: k = {', '.join(str(p.cfg.data.k) for p in pts)} ({family}, "
+            f"seeds {', '.join(str(p.cfg.verify.seeds) for p in pts)})")  # fmt: skip
+    sweep.run_sweep(pts, store, claims, progress=False, log=log if progress else _quiet,
+                    **executor)  # fmt: skip
     rep = from_store(store, pts, family)
     rep["timing"]["total"] = round(time.perf_counter() - t0, 3)
     return rep
@@ -127,7 +130,8 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
     for p in pts:
         sel = df[df["config_hash"] == p.hash]
         if sel.empty:
-            raise ValueError(f"{store} holds no results for k = {p.cfg.data.k}")
+            raise ValueError(f"{store} holds no results for k = {p.cfg.data.k}"
+                             + _failure(store, p.hash))  # fmt: skip
         rows.append(point_row(p, sel))
     for r, pred in zip(rows, race_model_predictions(rows), strict=True):
         r.update(pred)
@@ -142,6 +146,15 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
         "timing": {"points": round(float(sum(r["point_seconds"] for r in rows)), 3)},
     })  # fmt: skip
     return rep
+
+
+def _failure(store: str | Path, h: str) -> str:
+    """': its run failed: <error>' when the store keeps a failure for point ``h``."""
+    from mvsim.store import read_failures
+
+    failed = read_failures(store)
+    errors = failed.loc[failed["config_hash"] == h, "error"]
+    return f": its run failed: {errors.iloc[0]}" if len(errors) else ""
 
 
 # --- one k ------------------------------------------------------------------------------
