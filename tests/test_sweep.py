@@ -519,6 +519,17 @@ def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) ->
     assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
 
 
+def test_reading_a_store_leaves_its_file_as_it_was() -> None:
+    """A committed store read for its results and its (absent) failures is not written:
+    the failures' table is made by the first failure, not by opening."""
+    import hashlib
+
+    db = ROOT / "docs" / "k-scaling" / "demo" / "store.sqlite"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    assert len(store.read_results(db)) > 0 and store.read_failures(db).empty
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
 def test_fields_added_later_stay_out_of_the_key_at_their_defaults() -> None:
     """A point's key ignores the learner fields while they hold their defaults (stores
     written before they existed keep their keys) and changes once one is set."""
