@@ -493,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvsim import compilation
     from mvsim.executor import WorkerMismatch
     from mvsim.store import StoreError
+    from mvsim.sweep import PointsFailed
 
     if hasattr(args, "no_compile_cache"):
         compilation.enable_cache(not args.no_compile_cache)
@@ -501,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, WorkerMismatch) as e:
         print(f"mvsim: error: {e}", file=sys.stderr)
         return 2
+    except PointsFailed as e:
+        print(f"mvsim: error: failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

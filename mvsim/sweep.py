@@ -213,6 +213,10 @@ def check_claims(ids: Sequence[str] | None) -> list[str] | None:
     return [c for c in known if c in ids]  # registry order
 
 
+class PointsFailed(RuntimeError):
+    """Points of a sweep failed (stored as failed) where the caller needs them all."""
+
+
 @dataclass
 class SweepSummary:
     """What a sweep did: points computed now (stored or failed), skipped (already

@@ -110,8 +110,10 @@ def run(
     if progress:
         log(f"k-scaling: k = {', '.join(str(p.cfg.data.k) for p in pts)} ({family}, "
             f"seeds {', '.join(str(p.cfg.verify.seeds) for p in pts)})")  # fmt: skip
-    sweep.run_sweep(pts, store, claims, progress=False, log=log if progress else _quiet,
-                    **executor)  # fmt: skip
+    s = sweep.run_sweep(pts, store, claims, progress=False, log=log if progress else _quiet,
+                        **executor)  # fmt: skip
+    if s.failed:
+        raise sweep.PointsFailed(_failures(store, pts))
     rep = from_store(store, pts, family)
     rep["timing"]["total"] = round(time.perf_counter() - t0, 3)
     return rep
@@ -130,8 +132,7 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
     for p in pts:
         sel = df[df["config_hash"] == p.hash]
         if sel.empty:
-            raise ValueError(f"{store} holds no results for k = {p.cfg.data.k}"
-                             + _failure(store, p.hash))  # fmt: skip
+            raise ValueError(f"{store} holds no results for k = {p.cfg.data.k}")
         rows.append(point_row(p, sel))
     for r, pred in zip(rows, race_model_predictions(rows), strict=True):
         r.update(pred)
@@ -148,13 +149,18 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
     return rep
 
 
-def _failure(store: str | Path, h: str) -> str:
-    """': its run failed: <error>' when the store keeps a failure for point ``h``."""
+def _failures(store: str | Path, pts: Sequence[sweep.Point]) -> str:
+    """Which k failed, each with the last line of its error, and what to do."""
     from mvsim.store import read_failures
 
-    failed = read_failures(store)
-    errors = failed.loc[failed["config_hash"] == h, "error"]
-    return f": its run failed: {errors.iloc[0]}" if len(errors) else ""
+    df = read_failures(store)
+    error = dict(zip(df["config_hash"], df["error"], strict=True))
+    failed = [f"k = {p.cfg.data.k}: {error[p.hash].strip().splitlines()[-1]}" for p in pts
+              if p.hash in error]  # fmt: skip
+    return (
+        f"{'; '.join(failed)} (stored as failed in {store}, beside the k that finished); "
+        "rerun the same command to retry"
+    )
 
 
 # --- one k ------------------------------------------------------------------------------
