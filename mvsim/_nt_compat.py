@@ -68,6 +68,21 @@ Run time, in ``neural_tangents._src.empirical`` (module attributes replaced by
     ``jnp.dtype(array)`` (an array converted to its dtype) is deprecated, "in the future
     an error"; implementation 3 called it on every parameter. This reads ``.dtype``.
 
+Run time, in ``neural_tangents._src.predict``:
+
+``_get_cho_solve``, ``_get_fns_in_eigenbasis``
+    neural-tangents computes the train kernel's Cholesky / eigendecomposition once,
+    inside ``jax.core.eval_context()``, so that a later ``jit`` does not capture it.
+    Since JAX's "stackless" rewrite of tracing (0.4.36) that context evaluates
+    *everything* eagerly, and a kernel that is itself a tracer (``gradient_descent_mse``
+    under ``vmap``) escapes its trace (``UnexpectedTracerError``). These run in that
+    tracer's own trace, as the context did before; a concrete kernel is still decomposed
+    eagerly.
+``sp`` (``scipy`` inside ``predict``)
+    Not JAX: SciPy removed ``eigvalsh(..., eigvals=...)`` for ``subset_by_index``
+    (deprecated in 1.12.0, gone in 1.17.1), which broke ``max_learning_rate`` on the
+    CPU. The module gets a ``scipy`` whose ``linalg.eigvalsh`` takes the old keyword.
+
 When upstream is fixed
 ----------------------
 Once a neural-tangents release works on the JAX in use, delete this module and
@@ -367,6 +382,36 @@ def _unravel_array_into_pytree(pytree: Any, axis: int, arr: Any) -> Any:
     return jax.tree.unflatten(treedef, [p.reshape(s) for p, s in zip(parts, shapes, strict=True)])
 
 
+def _in_own_trace(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(kernel, ...)`` in the kernel's own trace when it is a tracer (see above)."""
+
+    @functools.wraps(fn)
+    def wrapper(kernel: Any, *args: Any, **kwargs: Any) -> Any:
+        from jax._src import core
+
+        if isinstance(kernel, core.Tracer):
+            with core.set_current_trace(kernel._trace):
+                return fn(kernel, *args, **kwargs)
+        return fn(kernel, *args, **kwargs)
+
+    return wrapper
+
+
+def _eigvalsh(a: Any, *args: Any, eigvals: Any = None, **kwargs: Any) -> Any:
+    import scipy.linalg
+
+    if eigvals is not None:
+        kwargs["subset_by_index"] = eigvals
+    return scipy.linalg.eigvalsh(a, *args, **kwargs)
+
+
+def _patch_predict(predict: types.ModuleType) -> None:
+    for name in ("_get_cho_solve", "_get_fns_in_eigenbasis"):
+        setattr(predict, name, _in_own_trace(getattr(predict, name)))
+    # neural-tangents calls only sp.linalg.eigvalsh (max_learning_rate).
+    predict.sp = types.SimpleNamespace(linalg=types.SimpleNamespace(eigvalsh=_eigvalsh))
+
+
 class _AdWithSourceInfo(types.ModuleType):
     """``jax.interpreters.ad`` plus the ``source_info_util`` it no longer re-exports."""
 
@@ -419,4 +464,5 @@ def import_neural_tangents() -> types.ModuleType:
             ) from e
         raise
     _patch_empirical(importlib.import_module("neural_tangents._src.empirical"))
+    _patch_predict(importlib.import_module("neural_tangents._src.predict"))
     return nt

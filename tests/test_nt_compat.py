@@ -223,6 +223,26 @@ def test_batched_kernel_equals_unbatched() -> None:
         np.testing.assert_allclose(kb.ntk, k.ntk, atol=NTK_TOL)
 
 
+def test_predict_under_vmap_and_max_learning_rate() -> None:
+    """Feature 4b: gradient_descent_mse on a kernel that is a vmap tracer (it escaped its
+    trace on current JAX), and max_learning_rate on the CPU (its SciPy call lost a keyword)."""
+    kernel_fn = _jit(_mlp()[2])
+    xs = jnp.stack([_inputs(5, seed=s) for s in range(3)])
+    k_dd = jax.vmap(lambda x: kernel_fn(x, None, "ntk"))(xs)  # (3, 5, 5)
+    y = jnp.asarray(np.random.default_rng(4).normal(size=(5, 1)), jnp.float32)
+    fx0 = jnp.zeros_like(y)
+
+    def predict(k: jax.Array) -> jax.Array:
+        return nt.predict.gradient_descent_mse(k, y, diag_reg=1e-4)(2.0, fx0)
+
+    batched = jax.vmap(predict)(k_dd)
+    for k, b in zip(k_dd, batched, strict=True):
+        np.testing.assert_allclose(b, predict(k), rtol=1e-5, atol=1e-6)
+    lam_max = np.linalg.eigvalsh(np.asarray(k_dd[0], np.float64))[-1]
+    lr = nt.predict.max_learning_rate(k_dd[0])
+    np.testing.assert_allclose(lr, 2 * 5 / (lam_max + 1e-12), rtol=1e-5)
+
+
 # Float32 agreement of two empirical-NTK implementations, relative to the kernel's largest
 # entry: they contract the same Jacobians in different orders (measured: <= 1.1e-7 on both
 # networks below, i.e. about one float32 ulp of the largest entry).
