@@ -95,6 +95,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import math
 import re
 import sys
@@ -265,6 +266,14 @@ def _get_primals_out_and_pullback(
     from jax.tree_util import tree_flatten, tree_unflatten
     from neural_tangents._src import empirical
 
+    params = list(inspect.signature(ad.linearize).parameters)
+    if params[:2] != ["traceable", "primals_ft"]:
+        raise NotImplementedError(
+            "neural-tangents' structured derivatives (empirical_ntk_fn implementation 3, "
+            "and AUTO) follow jax.interpreters.ad.linearize(traceable, primals_ft, ...) of "
+            f"jax 0.10, and jax {jax.__version__} has linearize{tuple(params)}: use "
+            "implementation 1 or 2, and report it against mvsim/_nt_compat.py."
+        )
     primals_ft = FlatTree.flatten(primals_in)
     # As neural-tangents did: jit-compiled calls are traced through, not kept as calls.
     # is_vjp=True is jax.vjp's mode: the linear jaxpr is meant to be transposed.

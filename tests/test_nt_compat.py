@@ -107,6 +107,18 @@ def test_jax_older_than_supported_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     assert import_neural_tangents() is nt
 
 
+def test_structured_derivatives_on_a_changed_jax_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Implementation 3 walks JAX's linearize; if JAX changes its signature again, the user
+    gets told which implementations still work, not a TypeError from deep inside."""
+    from jax.interpreters import ad
+
+    monkeypatch.setattr(ad, "linearize", lambda traceable, *primals, has_aux=False: None)
+    apply_fn, params, x1, _ = _finite_net()
+    ntk_fn = nt.empirical_ntk_fn(apply_fn, implementation=3)
+    with pytest.raises(NotImplementedError, match="use implementation 1 or 2"):
+        ntk_fn(x1, None, params)
+
+
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
