@@ -114,11 +114,7 @@ MIN_JAX = (0, 10)
 
 TF_ONLY = {
     "neural_tangents.experimental": ("empirical_ntk_fn_tf", "get_apply_fn_and_params"),
-    "neural_tangents.experimental.empirical_tf": (
-        "empirical",
-        "empirical_ntk_fn_tf",
-        "get_apply_fn_and_params",
-    ),
+    "neural_tangents.experimental.empirical_tf": ("empirical_ntk_fn_tf", "get_apply_fn_and_params"),
     "neural_tangents.experimental.empirical_tf.empirical": (
         "empirical_ntk_fn_tf",
         "get_apply_fn_and_params",
@@ -244,6 +240,9 @@ def _stub_experimental() -> None:
         # `from . import experimental` in neural_tangents/__init__ finds this entry first,
         # so the TensorFlow-importing package is never executed.
         sys.modules[name] = stub
+        parent, _, child = name.rpartition(".")
+        if parent in TF_ONLY:  # as an imported package holds its submodules
+            setattr(sys.modules[parent], child, stub)
 
 
 # --- run-time patches of neural_tangents._src.empirical (see the module docstring) ------

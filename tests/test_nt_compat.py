@@ -92,6 +92,8 @@ def test_tensorflow_only_entry_points_say_so() -> None:
         from neural_tangents.experimental.empirical_tf.empirical import (  # noqa: F401
             get_apply_fn_and_params,
         )
+    with pytest.raises(ImportError, match="empirical_tf.empirical.empirical_ntk_fn_tf is"):
+        nt.experimental.empirical_tf.empirical.empirical_ntk_fn_tf  # noqa: B018
     # Other names stay plain AttributeErrors, so hasattr() and introspection work.
     assert not hasattr(nt.experimental, "__file__")
     assert "tensorflow" not in sys.modules
