@@ -35,6 +35,7 @@ The script itself imports nothing from mvsim, so it runs in such a venv.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import datetime
 import json
@@ -169,18 +170,29 @@ def summarize(rows: list[dict]) -> dict:
     counts = {k: sum(t["outcome"] == k for t in tests.values()) for k in ("passed", "failed")}
     counts["skipped"] = sum(t["outcome"] == "skipped" for t in tests.values())
     failures = {n: t["message"] for n, t in tests.items() if t["outcome"] == "failed"}
+    skips = [t["message"].removeprefix("Skipped: ") for t in tests.values()]
+    skip_reasons = collections.Counter(
+        m for t, m in zip(tests.values(), skips, strict=True) if t["outcome"] == "skipped"
+    )
     for r in collect:  # a collection error that is not TensorFlow's is a failure
         failures[r["nodeid"]] = r["message"]
         counts["failed"] += 1
-    return {"status": "ran", **counts, "failures": failures}
+    return {"status": "ran", **counts, "failures": failures, "skip_reasons": skip_reasons}
+
+
+def _read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def run_file(root: Path, results: Path, file: str, cases: int, rerun: bool) -> dict:
     """Run one upstream test file in its own pytest process, or read its stored result."""
     out = results / (file.replace("/", "__") + ".json")
-    if out.exists() and not rerun:
-        return json.loads(out.read_text())
     log = out.with_suffix(".jsonl")
+    if out.exists() and not rerun:
+        stored = json.loads(out.read_text())
+        if log.exists() and log.read_text().strip():  # counted by this version's rules
+            stored.update(summarize(_read_lines(log)))
+        return stored
     log.unlink(missing_ok=True)
     env = dict(os.environ, NT_NUM_GENERATED_CASES=str(cases), NT_SUITE_REPORT=str(log))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(results), env.get("PYTHONPATH")]))
@@ -188,7 +200,7 @@ def run_file(root: Path, results: Path, file: str, cases: int, rerun: bool) -> d
     cmd += ["-p", "no:xdist"]
     t0 = datetime.datetime.now()
     proc = subprocess.run([*cmd, file], cwd=root, env=env, text=True, capture_output=True)
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = _read_lines(log) if log.exists() else []
     result = {"file": file, **summarize(rows), "seconds": (datetime.datetime.now() - t0).seconds}
     if result["status"] == "ran" and not rows and proc.returncode not in (0, 5):
         result["failures"] = {file: proc.stdout[-2000:] + proc.stderr[-2000:]}
@@ -257,7 +269,14 @@ def table(results: list[dict], env: dict) -> str:
         reason = upstream_reason(base)
         mark = f"upstream's own: {reason}" if reason else "**not upstream's own**"
         failures.append(f"- `{base}` ({n} cases): {mark}. First error: {_first_lines(msg)[:160]}")
-    return "\n".join([head, "", *lines, "", "Failures:" if failures else "No failures."] + failures)
+    reasons: collections.Counter = collections.Counter()
+    for r in results:
+        reasons.update(r.get("skip_reasons", {}))
+    skips = [f"- {n}: {reason}" for reason, n in reasons.most_common()]
+    return "\n".join(
+        [head, "", *lines, "", "Failures:" if failures else "No failures.", *failures]
+        + (["", "Skipped by upstream, by its reason:", *skips] if skips else [])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
