@@ -4,7 +4,7 @@ The fast tests check the script's bookkeeping on made-up report lines: what coun
 passed, failed, skipped by upstream and not collected (TensorFlow), and which failures are
 upstream's own. The slow test runs the whole upstream suite; it needs what CI does not
 have: network access to the package registry (the source archive, fetched once into
-build/nt-upstream) and ``pip install more-itertools``. About 40 minutes on 2 free cores:
+build/nt-upstream) and ``pip install more-itertools``. 41–55 minutes on 2 shared cores:
 
     python -m pytest -m slow tests/test_nt_upstream.py
 """
