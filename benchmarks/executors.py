@@ -11,6 +11,10 @@ what a cluster of many nodes would cost the scheduler and the store.
   whether the two stores hold the same numbers.
 - ``k-scaling``: the same for the points of ``mvsim experiment k-scaling`` (demo family,
   ``--ks``, the default seeds per k, ``--claims``).
+- Both take ``--set FIELD=VALUE`` (repeatable, as ``mvsim sweep --set``) to shrink the
+  points (fewer seeds, smaller test sets) where the full ones do not fit the time at hand.
+  Both sides compile in their own processes, once per shape, without the persistent cache
+  (the local side has none here, so the Dask workers are not given one either).
 - ``overhead``: the scheduler's cost per task, from ``--tasks`` empty tasks on the
   LocalCluster, and the store's write rate, from a real point's rows written again and
   again; extrapolated to ``--nodes`` workers.
@@ -18,7 +22,10 @@ what a cluster of many nodes would cost the scheduler and the store.
   ``--preset``), its points one by one in one process as ``mvsim sweep`` runs them, with
   the seconds spent tracing, lowering and compiling read from ``jax.monitoring``. Run it
   with the mvsim to measure: this part imports nothing of mvsim beyond ``sweep`` (so a
-  checkout from before the traced values can run it too).
+  checkout from before the traced values can run it too:
+  ``cd /work/wt/base && .venv/bin/python /path/to/benchmarks/executors.py --part compile``).
+  ``--cache DIR`` turns on JAX's persistent compilation cache in DIR first, as the CLI
+  does by default: run it twice into one fresh DIR for a cold and a warm cache.
 
 Every part is one process and one run, so its two sides share the machine's state.
 """
@@ -77,7 +84,8 @@ def compare(points: list, claims: list[str] | None, workers: int, tmp: Path) -> 
     with Client(cluster) as client:
         client.get_task_stream(start=time.time())  # record from here on
         t = time.perf_counter()
-        s = sweep.run_sweep(points, stores["dask"], claims, scheduler=client, **quiet)
+        s = sweep.run_sweep(points, stores["dask"], claims, scheduler=client,
+                            compile_cache=False, **quiet)  # fmt: skip
         wall = time.perf_counter() - t
         out["dask"] = _side(s, wall)
         out["dask"]["workers"] = workers
@@ -93,20 +101,23 @@ def _side(s: Any, wall: float) -> dict[str, Any]:
             "compile_s": round(s.compile_seconds, 2), "failed": s.failed}  # fmt: skip
 
 
-def grid(workers: int, tmp: Path) -> dict[str, Any]:
+def grid(workers: int, tmp: Path, fixed: dict[str, Any]) -> dict[str, Any]:
     from mvsim import sweep
 
-    points = sweep.build_points("demo", GRID_FIXED, sweep.parse_grid(GRID))
-    return {"grid": GRID, "fixed": GRID_FIXED, "claims": "single,ensemble",
+    fixed = {**GRID_FIXED, **fixed}
+    points = sweep.build_points("demo", fixed, sweep.parse_grid(GRID))
+    return {"grid": GRID, "fixed": fixed, "claims": "single,ensemble",
             **compare(points, ["single", "ensemble"], workers, tmp)}  # fmt: skip
 
 
-def k_scaling(ks: list[int], claims: list[str] | None, workers: int, tmp: Path) -> dict[str, Any]:
+def k_scaling(
+    ks: list[int], claims: list[str] | None, workers: int, tmp: Path, fixed: dict[str, Any]
+) -> dict[str, Any]:
     from mvsim.experiments import k_scaling as ksc
 
-    points = ksc.points(ks, "demo", {}, claims)
+    points = ksc.points(ks, "demo", fixed, claims)
     res = compare(points, claims, workers, tmp)
-    return {"ks": ks, "seeds": [p.cfg.verify.seeds for p in points],
+    return {"ks": ks, "seeds": [p.cfg.verify.seeds for p in points], "fixed": fixed,
             "claims": ",".join(claims) if claims else "all", **res}  # fmt: skip
 
 
@@ -211,20 +222,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--preset", default="demo", help="compile: the preset")
     ap.add_argument("--seeds", type=int, default=4, help="compile: seeds per point")
+    ap.add_argument("--cache", default=None, help="compile: persistent compilation cache dir")
+    ap.add_argument("--set", action="append", default=[], help="grid, k-scaling: FIELD=VALUE")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.cache:  # before the first compile, as mvsim.compilation.enable_cache
+        jax.config.update("jax_compilation_cache_dir", args.cache)
     tmp = Path(tempfile.mkdtemp(prefix="mvsim-executors-"))
     t = time.perf_counter()
+    if args.part in ("grid", "k-scaling"):
+        from mvsim.config import parse_set
     if args.part == "grid":
-        res = grid(args.workers, tmp)
+        res = grid(args.workers, tmp, parse_set(args.set))
     elif args.part == "k-scaling":
         claims = None if args.claims == "all" else args.claims.split(",")
-        res = k_scaling([int(k) for k in args.ks.split(",")], claims, args.workers, tmp)
+        ks = [int(k) for k in args.ks.split(",")]
+        res = k_scaling(ks, claims, args.workers, tmp, parse_set(args.set))
     elif args.part == "overhead":
         res = overhead(args.tasks, args.workers, args.nodes, tmp)
     else:
         fixed = {"seeds": args.seeds, "n_test_multi": 20000, "n_test_single": 20000}
         res = compile_share(args.preset, fixed, COMPILE_GRID)
+        res["compile_cache"] = args.cache
     import mvsim
 
     res.update(part=args.part, seconds=round(time.perf_counter() - t, 1),
