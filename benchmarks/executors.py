@@ -204,6 +204,8 @@ def compile_share(preset: str, fixed: dict[str, Any], grid_items: list[str]) -> 
 
 
 def _union(spans: list[tuple[float, float]]) -> float:
+    # mvsim.compilation.union_seconds, copied: the checkout before the traced values
+    # (measured by the compile part) has no mvsim.compilation.
     total, reach = 0.0, float("-inf")
     for s, e in sorted(spans):
         if e > reach:

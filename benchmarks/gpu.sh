@@ -80,28 +80,18 @@ case "$part" in
   *) echo "gpu.sh: --part must be bench, k-scaling, learners, dask or all, not $part" >&2; exit 2 ;;
 esac
 
+# k_scaling DIR [FLAGS...]: the k-scaling list into $(dirname $out)/DIR with FLAGS
+# (the Dask block's --executor dask); --quick: k = 2, 3 on tiny.
 k_scaling() {
   local dir
-  dir="$(dirname "$out")/k-scaling"
+  dir="$(dirname "$out")/$1"
+  shift
   if [ -n "$quick" ]; then
     "$PY" -m mvsim.cli experiment k-scaling --family tiny --ks 2,3 --claims single,ensemble \
       --seeds 2 --set T=300 --set exp_n_test_multi=400 --set exp_n_test_single=400 \
-      --no-progress --out "$dir"
+      --no-progress "$@" --out "$dir"
   else
-    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 --out "$dir"
-  fi
-}
-
-k_scaling_dask() {
-  local dir
-  dir="$(dirname "$out")/k-scaling-dask"
-  if [ -n "$quick" ]; then
-    "$PY" -m mvsim.cli experiment k-scaling --family tiny --ks 2,3 --claims single,ensemble \
-      --seeds 2 --set T=300 --set exp_n_test_multi=400 --set exp_n_test_single=400 \
-      --executor dask --workers 2 --out "$dir"
-  else
-    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 \
-      --executor dask --out "$dir"
+    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 "$@" --out "$dir"
   fi
 }
 
@@ -125,12 +115,12 @@ if [ "$part" = learners ]; then
 fi
 
 if [ "$part" = k-scaling ]; then
-  k_scaling
+  k_scaling k-scaling
   exit 0
 fi
 
 if [ "$part" = dask ]; then
-  k_scaling_dask
+  k_scaling k-scaling-dask --executor dask ${quick:+--workers 2}
   exit 0
 fi
 
@@ -145,5 +135,5 @@ fi
   --out "$out"
 
 if [ "$part" = all ]; then
-  k_scaling
+  k_scaling k-scaling
 fi
