@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mvsim.config import FIELD_SECTION, Config, ConfigError, coerce, make_config
+from mvsim.progress import point_line
 from mvsim.resources import PeakRSS
 
 # Fields that change an array shape or a compiled loop length: points that agree on all of
@@ -238,12 +239,15 @@ def run_point(cfg: Config, claims: Sequence[str] | None) -> dict[str, Any]:
     return run_points([cfg], claims)[0]
 
 
-def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dict[str, Any]]:
+def run_points(
+    cfgs: Sequence[Config], claims: Sequence[str] | None, progress: bool | str = False
+) -> list[dict[str, Any]]:
     """Run verify on configs that share a :func:`mvsim.verify.batch_key`, all of them in
     one compiled call per stage (:func:`mvsim.verify.run_many`). Returns per config what
     :func:`run_point` does; ``seconds`` is the batch's wall time over its points, and
     ``timing['compile']`` the batch's seconds spent compiling
-    (:class:`mvsim.compilation.CompileTime`)."""
+    (:class:`mvsim.compilation.CompileTime`). ``progress``: its stages' display
+    (:mod:`mvsim.progress`)."""
     from mvsim import claims as claims_mod
     from mvsim import verify
     from mvsim.compilation import CompileTime
@@ -251,7 +255,7 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
     with PeakRSS() as mem, CompileTime() as compiling:
-        ms = verify.run_many(cfgs, claims=ids, progress=False)
+        ms = verify.run_many(cfgs, claims=ids, progress=progress)
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
          "mechanism": claims_mod.mechanism(m),
@@ -496,6 +500,8 @@ class _Progress:
             self.bar.set_postfix_str(f"ETA {_clock(eta)}, last: {label}")
             if oc.error is not None:
                 self.bar.write(f"sweep: {label}: {what}")
+            else:  # the point's stages, summarised (#28)
+                self.bar.write(point_line(label, t["seconds"] * n, t["timing"]))
             return
         where = "" if oc.worker == "local" else f" on {oc.worker}"
         self._log(f"sweep: {self.done}/{self.total} points, {label}: {what}{where}, "
