@@ -106,6 +106,7 @@ def run_task(
     claims: Sequence[str],
     expected: Mapping[str, str] | None = None,
     compile_cache: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """One task: :func:`mvsim.sweep.run_points` on a batch, in this process. Returns
     ``{'outs': [per point] | None, 'error': text | None, 'env': env(), 'worker': ...,
@@ -113,7 +114,8 @@ def run_task(
     a batch that raised comes back with its error text (a failed outcome), except a
     :class:`WorkerMismatch` against ``expected`` (the driver's :func:`fingerprint`), which
     is raised before anything runs. ``compile_cache``: turn on the persistent compilation
-    cache first (:func:`mvsim.compilation.enable_cache`)."""
+    cache first (:func:`mvsim.compilation.enable_cache`). ``progress``: the points' stage
+    display (:mod:`mvsim.progress`; the local executor's, under the sweep's bar)."""
     from mvsim import compilation, sweep
     from mvsim.store import utc_now
 
@@ -122,7 +124,7 @@ def run_task(
         check_fingerprint(expected, fingerprint(), worker)
     compilation.enable_cache(compile_cache)
     try:
-        outs, error = sweep.run_points(cfgs, claims), None
+        outs, error = sweep.run_points(cfgs, claims, progress), None
     except Exception as e:  # any failure of the points themselves is a result to store
         outs, error = None, "".join(traceback.format_exception_only(e)).strip()
     return {"outs": outs, "error": error, "env": env(), "worker": worker, "started_at": started}
@@ -154,8 +156,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, progress: bool | str = False) -> None:
         self._queue: deque = deque()
+        self.progress = progress
 
     def submit(self, batch: list, claims: Sequence[str], cost: float = 0.0) -> None:
         self._queue.append((batch, list(claims)))
@@ -163,7 +166,7 @@ class LocalExecutor:
     def outcomes(self) -> Iterator[Outcome]:
         while self._queue:
             batch, claims = self._queue.popleft()
-            r = run_task([p.cfg for p, _ in batch], claims)
+            r = run_task([p.cfg for p, _ in batch], claims, progress=self.progress)
             yield Outcome(batch, r["outs"], r["error"], r["env"], r["worker"], r["started_at"])
 
     def describe(self) -> str:
@@ -197,12 +200,14 @@ def start(
     *,
     workers: int | None = None,
     compile_cache: bool = True,
+    progress: bool | str = False,
 ) -> Any:
     """An executor: :class:`LocalExecutor`, or a :class:`mvsim.cluster.DaskExecutor` on
     ``scheduler`` (a ``distributed.Client``, left open, or an address; ``$MVSIM_SCHEDULER``
     too), else on a new :func:`mvsim.cluster.local_cluster` of ``workers`` processes,
     closed with the executor. ``compile_cache``: Dask workers use the persistent
-    compilation cache. The executor kind follows :func:`resolve_executor`."""
+    compilation cache. ``progress``: the local executor's stage display. The executor kind
+    follows :func:`resolve_executor`."""
     if scheduler is not None and not isinstance(scheduler, str):  # a distributed.Client
         from mvsim.cluster import DaskExecutor
 
@@ -213,7 +218,7 @@ def start(
     if kind == "local":
         if workers is not None:
             raise ConfigError("--workers", workers, "applies to --executor dask only")
-        return LocalExecutor()
+        return LocalExecutor(progress)
     from distributed import Client
 
     from mvsim.cluster import DaskExecutor, local_cluster

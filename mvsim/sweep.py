@@ -350,8 +350,10 @@ def run_sweep(
         compiled code (μ, ρ, Γ, σ_0, η, ...; :data:`mvsim.verify.BATCHABLE`) are trained
         together, vmapped with their seeds, as one task; None: :func:`default_batch_points`
         of the backend that runs them. A batch that fails is rerun point by point.
-      progress: a tqdm bar over points with its ETA (weighted by :func:`point_cost`);
-        else one line per finished point on ``log``.
+      progress: a tqdm bar over points with its ETA (weighted by :func:`point_cost`), a
+        point's stages summarised in one line when it is done and, on the local executor,
+        shown under the bar as they run (:mod:`mvsim.progress`); else one line per
+        finished point on ``log``.
       log: a callable taking a str (default: print).
       executor: 'local' (this process) or 'dask' (each batch a task of a Dask cluster,
         :mod:`mvsim.executor`); None: 'dask' when a scheduler is given (or in
@@ -388,7 +390,8 @@ def run_sweep(
             log(f"sweep: {skipped}/{len(points)} points already in {store}, skipped")
         if not todo:
             return SweepSummary(len(points), 0, skipped, 0, time.perf_counter() - t_start)
-        ex = ex_mod.start(executor, scheduler, workers=workers, compile_cache=compile_cache)
+        ex = ex_mod.start(executor, scheduler, workers=workers, compile_cache=compile_cache,
+                          progress="live" if progress else False)  # fmt: skip
         try:
             backend = ex.check_workers(log) if ex.name == "dask" else None
             log(f"sweep: {len(todo)} points on {ex.describe()}")
