@@ -242,7 +242,7 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
     one compiled call per stage (:func:`mvsim.verify.run_many`). Returns per config what
     :func:`run_point` does; ``seconds`` is the batch's wall time over its points."""
     from mvsim import claims as claims_mod
-    from mvsim import verify
+    from mvsim import report, verify
 
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
@@ -250,7 +250,8 @@ def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dic
         ms = verify.run_many(cfgs, claims=ids, progress=False)
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
-         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing)}
+         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing),
+         "curves": report.curves(m)}
         for m in ms
     ]  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(cfgs)
@@ -348,7 +349,7 @@ def run_sweep(
                 rows += st.write_point(
                     conn, p.cfg, p.values, out["claims"], out["mechanism"],
                     seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
-                    peak_rss_bytes=out["peak_rss_bytes"],
+                    peak_rss_bytes=out["peak_rss_bytes"], curves=out.get("curves"),
                 )  # fmt: skip
             done += len(batch)
             label = _short(batch[0][0].values) + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")

@@ -98,6 +98,14 @@ def test_flow_history_is_recorded_at_gd_equivalent_steps():
             final[s], ((~live).sum(), *final.shape[1:])), rtol=0, atol=1e-6)  # fmt: skip
         # the recorded loss falls from the init to the stop, as GD's does
         assert r.loss[s, live][-1] < r.loss[s, 0]
+    # the weights at the recorded steps give the recorded Λ, and are the final ones past
+    # a seed's stop (the solver saves inf there)
+    h = np.asarray(r.history_params)
+    lam = jax.vmap(jax.vmap(model.alignment, in_axes=(0, None)), in_axes=(0, None))(h, V)
+    np.testing.assert_allclose(np.asarray(lam), r.alignment, rtol=0, atol=1e-6)
+    for s in range(S):
+        past = r.steps > r.stop_step[s] * (1 + 1e-6)
+        np.testing.assert_array_equal(h[s, past], np.broadcast_to(r.params[s], h[s, past].shape))
     # final accuracy exactly 1 for every stopped seed: the stop is located past the root
     stopped = r.stop_step < cfg.train.T
     assert stopped.any() and np.all(r.final_accuracy[stopped] == 1.0)
