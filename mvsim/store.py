@@ -308,6 +308,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
     finally:
         conn.close()
+    for col, kind in COLUMNS.items():  # a REAL column NULL in every row reads as None
+        if kind == "REAL" and col in df:
+            df[col] = df[col].astype(float)
     points = [json.loads(p) for p in df["point_json"]]
     axes: list[str] = sorted({k for p in points for k in p})
     for ax in axes:

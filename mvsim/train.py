@@ -54,15 +54,18 @@ class TrainResult(NamedTuple):
     grad_evals: np.ndarray  # (S,) gradient evaluations it cost (GD: one a step)
     final_loss: np.ndarray  # (S,)
     final_accuracy: np.ndarray  # (S,)
-    # (S, L, ...) the weights at the recorded steps (the final ones past a seed's stop):
-    # what verify's error curves evaluate, after training, in one batched pass.
+    # (S, L', ...) the weights at every step of history_steps (L',), the run's whole grid
+    # (GD's metrics above stop where every seed has; the final weights past a seed's
+    # stop): what verify's error curves evaluate, after training, in one batched pass.
     history_params: Params = None
+    history_steps: np.ndarray | None = None
 
     def point(self, q: int) -> TrainResult:
         """Point q of a :func:`train_points` result (arrays (Q, S, ...)): a result of S
         seeds, as :func:`train` returns."""
         take = lambda a: jax.tree.map(lambda b: b[q], a)
-        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f != "steps"})
+        shared = ("steps", "history_steps")
+        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f not in shared})
 
 
 def cross_entropy(
@@ -441,7 +444,7 @@ def train_points(
             raise DivergenceError(f"{e} [stage: {desc}]") from None
         bar.update(T - bar.n)
         bar.close()
-        return _result(net, objective, state, init_params, x, y, teacher_logits,
+        return _result(net, objective, state, init_params, x, y, teacher_logits, want,
                        teacher_axis, rec)  # fmt: skip
 
 
@@ -569,7 +572,9 @@ def _place_models(state, qi, si, data, teacher, teacher_axis, shard):
     return _place(state, tuple(rows(a) for a in data), teachers, teacher_axis, shard)
 
 
-def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec) -> TrainResult:
+def _result(
+    net, objective, state, init_params, x, y, teacher, want, teacher_axis, rec
+) -> TrainResult:
     """The :class:`TrainResult` of the final state (GD's or the flow's) and the rows."""
     params = state.params
     final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
@@ -594,8 +599,9 @@ def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec
         final_loss=np.asarray(final_loss),
         final_accuracy=np.asarray(final_acc),
         history_params=_past_stop(
-            state.history if is_flow else state.hist, params, steps, np.asarray(state.stop_step)
+            state.history if is_flow else state.hist, params, want, np.asarray(state.stop_step)
         ),  # fmt: skip
+        history_steps=np.asarray(want),
     )
 
 

@@ -309,12 +309,18 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
 
     def curve(counts, trained, sl, budget, members=False) -> dict[str, Any]:
         c = {k: v[sl] if np.ndim(v) and k != "view_total" else v for k, v in counts.items()}
-        acc = trained.accuracy[sl]  # NaN past a model's stop, where it is frozen
-        c.update(steps=trained.steps, horizon=min(H, budget),
-                 train_accuracy=np.where(np.isnan(acc), trained.final_accuracy[sl][:, None],
-                                         acc))  # fmt: skip
+        # The whole grid (GD's metrics stop where every model has): a model is frozen past
+        # its stop, its training accuracy the final one (NaN in the metrics there).
+        L, final = len(trained.history_steps), trained.final_accuracy[sl][:, None]
+        acc = np.full((final.shape[0], L), np.nan)
+        acc[:, : trained.accuracy.shape[-1]] = trained.accuracy[sl]
+        c.update(steps=trained.history_steps, horizon=min(H, budget),
+                 train_accuracy=np.where(np.isnan(acc), final, acc))  # fmt: skip
         if weights and not members:  # Λ in time: when a student's views reach ϱ
-            c["alignment"] = np.maximum(np.asarray(trained.alignment[sl]), 0.0)
+            lam = np.maximum(np.asarray(trained.alignment[sl]), 0.0)
+            c["alignment"] = np.concatenate(  # frozen past the last recorded metrics
+                [lam, np.repeat(lam[:, -1:], L - lam.shape[1], axis=1)], axis=1
+            )
         return c
 
     def group(name, trained, errs, sl=slice(None), members=False, budget=cfg.train.T) -> Group:
@@ -336,7 +342,7 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
             g.views = mechanism.behavioural_views(g.view_accuracy, cfg.verify.view_accuracy)
         return g
 
-    ens_curve = dict(curve_counts["ensemble"], steps=singles.steps, horizon=H)
+    ens_curve = dict(curve_counts["ensemble"], steps=singles.history_steps, horizon=H)
     groups = {
         "single": group("single", singles, errors["single"]),
         "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc]), curve=ens_curve),

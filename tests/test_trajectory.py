@@ -117,9 +117,11 @@ def test_an_end_point_read_in_a_moving_stretch_is_cap_dependent():
     """Reaching the level at 7000 of a 10,000-step budget: a cap anywhere in [5000, 7000)
     would have read the model above it."""
     moving = traj.cap_dependence(curve(step_down(7000)), None, 0.26, MU)
-    assert moving and moving[0]["from"] == "FAIL" and moving[0]["to"] == "PASS"
-    assert moving[0]["last_change"] == STEPS[np.argmax(STEPS >= 7000)]
-    assert traj.cap_dependence(curve(step_down(300)), None, 0.26, MU) == []
+    assert moving and moving["from"] == "FAIL" and moving["to"] == "PASS"
+    assert moving["last_change"] == STEPS[np.argmax(STEPS >= 7000)]
+    assert moving["models"] == [0] and moving["budget"] == STEPS[-1]
+    assert traj.cap_dependence(curve(step_down(300)), None, 0.26, MU) is None
     s, c = _pairs([300], [7000])  # the control catches up in the last half
     lead = traj.lead_changes(s, c, MU)
-    assert lead and lead[0]["from"] == "ahead" and lead[0]["to"] == "neither"
+    assert lead and lead["from"] == "ahead" and lead["to"] == "neither"
+    assert traj.lead_changes(*_pairs([300], [400]), MU) is None  # both level before B/2
