@@ -177,7 +177,7 @@ class Stage:
         self.go: tuple[float, float] | None = None  # (time, n) at the first report: ETA's origin
         self.compile_s = 0.0
         self.live = self.mode in ("full", "live")
-        self._timer: threading.Timer | None = None
+        self._ticking: threading.Event | None = None  # set: the compile ticker stops
         self._bar = None
         stream = sys.stderr
         if self.live and _is_tty(stream):
@@ -230,7 +230,7 @@ class Stage:
             _write(self.line())
             return
         self._bar.n = min(round(self.n), self._bar.total or round(self.n))
-        self._bar.set_description_str(self.desc + (f" ({self.note})" if self.note else ""),
+        self._bar.set_description_str(self.desc + (f" — {self.note}" if self.note else ""),
                                       refresh=False)  # fmt: skip
         self._bar.set_postfix_str(self._postfix().lstrip(", "), refresh=False)
         self._bar.refresh()
@@ -245,26 +245,36 @@ class Stage:
     def compile_started(self) -> None:
         self.note = f"compiling {self.compiling or 'XLA programs'} (once per shape)"
         self._emit("note", self.note)
-        if self._bar is not None:
+        if self.live:
+            if self._bar is not None:
+                self._render()
+            self._ticking = threading.Event()
+            threading.Thread(target=self._tick, args=(self._ticking,), daemon=True).start()
+
+    def _tick(self, stop: threading.Event) -> None:
+        """While XLA compiles (no report comes): on a log, one line once the compile has
+        lasted COMPILE_NOTICE seconds; on a terminal, the bar's clock every second."""
+        while not stop.wait(COMPILE_NOTICE):
+            if self._bar is None:
+                _write(self.line())
+                return
             self._render()
-        elif self.live:
-            self._timer = threading.Timer(COMPILE_NOTICE, lambda: _write(self.line()))
-            self._timer.daemon = True
-            self._timer.start()
 
     def compiled(self, secs: float, done: bool) -> None:
         self.compile_s += secs
         if done:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._stop_ticking()
             self.note = ""
+
+    def _stop_ticking(self) -> None:
+        if self._ticking is not None:
+            self._ticking.set()
+            self._ticking = None
 
     # --- the end -----------------------------------------------------------------------
 
     def close(self, failed: bool = False) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_ticking()
         if self._bar is not None:
             self._bar.close()
         t = clock() - self.t0
