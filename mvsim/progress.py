@@ -49,6 +49,8 @@ check what a run reports without waiting on wall time.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import sys
 import threading
 import time
@@ -183,8 +185,12 @@ class Stage:
         if self.live and _is_tty(stream):
             from tqdm import tqdm
 
+            # a pty of no size (script, some CI) would make tqdm draw nothing: 80 × 24
+            sized = _size(stream) > (0, 0)
             self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=stream,
-                             dynamic_ncols=True, mininterval=0, bar_format=_BAR)  # fmt: skip
+                             dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24, mininterval=0,
+                             bar_format=_BAR)  # fmt: skip
         self._draw = Throttle(BAR_INTERVAL if self._bar is not None else LINE_INTERVAL)
         self._draw.ready()  # the first periodic line comes an interval in, not at once
         self._emit("start", "")
@@ -328,6 +334,15 @@ def _is_tty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _size(stream: TextIO) -> tuple[int, int]:
+    """The terminal's (columns, lines); zeros when it reports none."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 0, 0
+    return (size.columns, size.lines) if size.columns and size.lines else (0, 0)
 
 
 def _write(line: str) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from select import select
 
 import diffrax as dfx
 import jax
@@ -95,6 +96,23 @@ def test_a_terminal_gets_a_bar():
     err, _ = _run_stage(True, stream=Terminal())
     assert "\r" in err and "|" in err and "90/100 steps" in err
     assert err.rstrip().splitlines()[-1].endswith("; all done")
+
+
+def test_a_terminal_of_no_size_gets_a_bar():
+    """A pty that reports 0 × 0 (``script`` run from a pipe, some CI runners): tqdm would
+    size the bar to nothing and draw no line at all; it gets 80 columns instead."""
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    assert os.get_terminal_size(slave) == (0, 0)
+    with os.fdopen(slave, "w") as tty:
+        with progress.recording(progress.StepClock()), contextlib.redirect_stderr(tty):
+            with progress.stage("demo", True, total=100, unit="steps") as st:
+                st.update(50)
+                tty.flush()
+                os.set_blocking(master, False)  # nothing drawn must fail, not hang
+                shown = os.read(master, 65536).decode() if select([master], [], [], 5)[0] else ""
+    os.close(master)
+    assert "demo:  50%|" in shown and "50/100 steps" in shown
 
 
 def test_compiles_are_named_while_they_run():
