@@ -102,6 +102,7 @@ def solve(
     cfg: TrainConfig,
     T: int,
     save_fn: Callable[[Params], Any] | None = None,
+    meter: dfx.AbstractProgressMeter | None = None,
 ) -> Solved:
     """Integrate one model from t = 0 to T·η (flow time; η maps GD steps to time), and
     save ``metrics`` at GD-equivalent steps ``ts``. ``save_fn`` (optional): also evaluated
@@ -111,7 +112,8 @@ def solve(
     ``stop_fn(params, L̄)`` is the stop rule (None: never): a real distance to the stop,
     non-negative while the model runs; it stops where the distance turns negative, a time
     located by bisection on the solver's interpolant (GD stops at the first step past
-    it)."""
+    it). ``meter``: a diffrax progress meter (:class:`mvsim.progress.FlowMeter` moves a
+    stage's bar while the solve runs); None: none."""
     solver_cls, per_step = SOLVERS[cfg.flow_solver]
 
     def field(t, y, args):
@@ -146,6 +148,7 @@ def solve(
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
         event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
+        progress_meter=dfx.NoProgressMeter() if meter is None else meter,
     )  # fmt: skip
     (t_end, (W_end, _)) = (sol.ts[1][0], sol.ys[1])
     loss, acc, lam = jax.vmap(metrics)(sol.ys[0])  # inf past the stop: masked by the caller

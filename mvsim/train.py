@@ -29,6 +29,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mvsim import devices, flow
+from mvsim import progress as prog
 from mvsim.config import TrainConfig
 from mvsim.model import AlignmentFn, ApplyFn, Network, Params
 
@@ -247,6 +248,7 @@ def _chunk_fn(
     teacher_axis: int | None,
     points: int,
     horizon: int | None = None,
+    meter: bool = False,
 ) -> Callable:
     """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): ``n_steps``
     GD steps (``integrator = 'gd'``), or the whole flow of each model ('flow'; ``state``
@@ -257,13 +259,15 @@ def _chunk_fn(
     once; ``cfg.eta`` is not read (callers pass it normalised so it does not split the
     cache). ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
     shared by its seeds). ``points``: 1 (one point) or 2 (several). ``horizon``: where
-    the recorded steps split (:func:`history_steps`)."""
+    the recorded steps split (:func:`history_steps`). ``meter``: the flow reports its
+    progress while it runs (:class:`mvsim.progress.FlowMeter`; a separate program, since
+    one with a host callback never enters JAX's persistent cache)."""
 
     def point_chunk(state, x, y, teacher, V, eta):
         kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, T=T,
                   stop=stop, horizon=horizon)  # fmt: skip
         if cfg.integrator == "flow":
-            one = lambda s, t: _flow_one(s, x, y, t, V, eta, **kw)
+            one = lambda s, t: _flow_one(s, x, y, t, V, eta, meter=meter, **kw)
         else:
             opt = optax.sgd(eta)
             one = lambda s, t: _one_seed_chunk(s, x, y, t, V, opt=opt, n_steps=n_steps, **kw)
@@ -284,7 +288,7 @@ def _chunk_fn(
 
 
 def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop,
-              horizon=None, save_fn=None):  # fmt: skip
+              horizon=None, save_fn=None, meter=False):  # fmt: skip
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
@@ -304,7 +308,8 @@ def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, c
     loss_fn = lambda p: objective(fwd(p, x), y, teacher)
     ts = jnp.asarray(history_steps(T, cfg.n_log, horizon), eta.dtype)
     return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, ts,
-                      cfg=cfg, T=T, save_fn=save_fn)  # fmt: skip
+                      cfg=cfg, T=T, save_fn=save_fn,
+                      meter=prog.FlowMeter() if meter else None)  # fmt: skip
 
 
 def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
@@ -327,7 +332,7 @@ def train(
     teacher_logits: Float[Array, "N k"] | Float[Array, "S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
-    progress: bool = False,
+    progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
     horizon: int | None = None,
@@ -347,7 +352,8 @@ def train(
       objective: ``objective(logits, y, teacher) -> loss``; default cross-entropy.
       teacher_logits: (N, k) shared by all seeds, or (S, N, k) one teacher per seed.
       T: step budget (default ``cfg.T``); stop: early-stop rule (default ``cfg.stop``).
-      progress: show a progress bar.
+      progress: the stage's display (:data:`mvsim.progress.Progress`; True: a bar that
+        moves while the models train, then a line with the time).
       shard: split the seed axis over the local devices when there are several and S
         divides evenly (:mod:`mvsim.devices`); False keeps every seed on one device.
       horizon: the recorded steps are those of the horizon, then of T past it
@@ -386,7 +392,7 @@ def train_points(
     teacher_logits: Float[Array, "Q N k"] | Float[Array, "Q S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
-    progress: bool = False,
+    progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
     horizon: int | None = None,
@@ -429,23 +435,25 @@ def train_points(
                                      min(cfg.chunk, T + 1), teacher_axis,
                                      horizon=horizon)  # fmt: skip
         data = (x, y, V, eta)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-        try:
-            if cfg.integrator == "flow":
-                state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
-                                       teacher_axis, want, shard, net.alignment)  # fmt: skip
-            else:
-                state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype, len(want)),
-                                     data, teacher_logits, teacher_axis, want, shard,
-                                     bar)  # fmt: skip
-        except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
-            raise DivergenceError(f"{e} [stage: {desc}]") from None
-        bar.update(T - bar.n)
-        bar.close()
-        return _result(net, objective, state, init_params, x, y, teacher_logits, want,
-                       teacher_axis, rec)  # fmt: skip
+        what = "the flow solver" if cfg.integrator == "flow" else "GD's chunk"
+        with prog.stage(desc, progress, total=T, unit="steps", compiling=what) as st:
+            try:
+                if cfg.integrator == "flow":
+                    per_step = flow.SOLVERS[cfg.flow_solver][1]
+                    with prog.solving(st, T=T, models=Q * S, per_step=per_step):
+                        state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
+                                               teacher_axis, want, shard, net.alignment,
+                                               st.live)  # fmt: skip
+                else:
+                    gd0 = _gd_state(init_params, Q, S, T, dtype, len(want))
+                    state, rec = _run_gd(chunk_fn, gd0, data, teacher_logits, teacher_axis,
+                                         want, shard, st)  # fmt: skip
+            except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
+                raise DivergenceError(f"{e} [stage: {desc}]") from None
+            st.update(T)
+            st.summary = _stage_summary(state, T)
+            return _result(net, objective, state, init_params, x, y, teacher_logits, want,
+                           teacher_axis, rec)  # fmt: skip
 
 
 def _points_inputs(cfg, dtype, init_params, x, y, V, etas, teacher_logits) -> tuple:
@@ -479,17 +487,18 @@ def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype, L: int) -> _St
                   full(False, bool), full(T, jnp.int32), full(0.0, dtype), hist)  # fmt: skip
 
 
-def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn):
+def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn, meter):
     """Every model's flow in one call (:func:`mvsim.flow.solve`): the final state (params,
     stop_step, evals) and the recorded rows {step: [loss, acc, Λ]}, in GD's conventions
-    (NaN loss and accuracy past a model's stop, Λ frozen there)."""
+    (NaN loss and accuracy past a model's stop, Λ frozen there). ``meter``: report
+    progress while the solve runs (to the stage of :func:`mvsim.progress.solving`)."""
     Q = data[0].shape[0]
     qi, si = np.arange(Q), np.tile(np.arange(jax.tree.leaves(init_params)[0].shape[1]), (Q, 1))
     params, p_data, p_teacher = _place_models(init_params, qi, si, data, teacher,
                                               teacher_axis, shard)  # fmt: skip
     px, py, pV, peta = p_data
-    out = chunk_fn(min(Q, 2))(params, px, py, p_teacher, pV, peta)
-    stop_step = np.asarray(out.stop_step)
+    out = chunk_fn(min(Q, 2), meter=meter)(params, px, py, p_teacher, pV, peta)
+    stop_step = np.asarray(out.stop_step)  # waits for the solve (the meter reports meanwhile)
     _check_flow(np.asarray(out.ok), stop_step, Q)
     live = want <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L); t/η rounds off T·η/η
     loss = np.where(live, np.asarray(out.loss), np.nan)
@@ -499,6 +508,15 @@ def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, a
     lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
     rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
     return out, rec
+
+
+def _stage_summary(state, T: int) -> str:
+    """What a training stage's end line says: where its models stopped, at what cost."""
+    span = lambda a, f: f"{f(a.min())}" if a.min() == a.max() else f"{f(a.min())}–{f(a.max())}"
+    stop = np.asarray(state.stop_step, np.float64)
+    evals = np.asarray(state.evals if isinstance(state, flow.Solved) else state.stop_step)
+    return (f"stopped at step {span(stop, '{:,.0f}'.format)} of {T:,}, "
+            f"{span(evals, '{:,}'.format)} gradient evaluations per model")  # fmt: skip
 
 
 def _check_flow(ok: np.ndarray, stop_step: np.ndarray, Q: int) -> None:
@@ -513,7 +531,7 @@ def _check_flow(ok: np.ndarray, stop_step: np.ndarray, Q: int) -> None:
         )
 
 
-def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, bar):
+def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, st):
     """Call GD's chunk until every model has stopped, compacting the running models between
     calls; the final state and the recorded rows {step: [loss, acc, Λ]}.
 
@@ -545,8 +563,8 @@ def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, bar):
                 row_acc[rows] = np.where(was_done[:, :, j], np.nan, acc[:, :, j])
                 rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
         t0 += loss.shape[2]
-        bar.update(min(t0, bar.total) - bar.n)
         running = ~np.asarray(sub.done)  # (Q', S')
+        st.update(min(t0, st.total), f"{Q * S - int(running.sum())}/{Q * S} done")
         if not running.any():
             break
         per_point = running.sum(1)

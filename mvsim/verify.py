@@ -33,6 +33,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from mvsim import curves, data, distill, learners, mechanism, model
+from mvsim import progress as prog
 from mvsim.config import FIELD_SECTION, Config, ConfigError
 from mvsim.model import ApplyFn
 from mvsim.train import accuracy, correct, init_seeds, precision, train_points
@@ -174,7 +175,9 @@ def batch_key(cfg: Config) -> tuple:
     return tuple((f, repr(v)) for f, v in sorted(cfg.flat().items()) if f not in BATCHABLE)
 
 
-def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
+def run(
+    cfg: Config, *, claims: Iterable[str] | None = None, progress: prog.Progress = True
+) -> Measurements:
     """Train the models that ``claims`` (default: all) need, and measure them.
 
     A pure function of ``cfg``: the same config gives the same numbers. Returns
@@ -182,13 +185,16 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
     (S, n_test_multi) and single-view (S, n_test_single) test sets, training accuracy (S,)
     and learned views (S, k, 2); the singles' Λ history (K, L, k, 2) at the L recorded
     steps; the lottery; memorisation; wall times in seconds. This is :func:`run_many`
-    with one config.
+    with one config. ``progress``: each stage's display (:mod:`mvsim.progress`).
     """
     return run_many([cfg], claims=claims, progress=progress)[0]
 
 
 def run_many(
-    cfgs: Sequence[Config], *, claims: Iterable[str] | None = None, progress: bool = True
+    cfgs: Sequence[Config],
+    *,
+    claims: Iterable[str] | None = None,
+    progress: prog.Progress = True,
 ) -> list[Measurements]:
     """:func:`run` for Q configs that share a :func:`batch_key` (e.g. sweep points that
     differ in μ, ρ, Γ, σ_0, η or the seed), stage by stage: each training stage trains
@@ -227,10 +233,14 @@ def run_many(
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
         Vs, sets_, truths = [], [], []
-        for c in cfgs:
-            V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
-            ts, truth = data.training_set(stream(c, "data"), c.data, V, dtype, ground_truth=True)
-            Vs.append(V), sets_.append(ts), truths.append(truth)
+        with prog.stage("sampling the training set", progress, total=len(cfgs), unit="sets",
+                        compiling="the sampler") as st:  # fmt: skip
+            for c in cfgs:
+                V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
+                ts, truth = data.training_set(stream(c, "data"), c.data, V, dtype,
+                                              ground_truth=True)  # fmt: skip
+                Vs.append(V), sets_.append(ts), truths.append(truth)
+                st.advance()
         V = jnp.stack(Vs)
         x = jnp.stack([s.x for s in sets_])
         y = jnp.stack([s.y for s in sets_])
@@ -282,7 +292,11 @@ def run_many(
             timing["train_average"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        evaluated, curve_s = _evaluate_points(cfgs, V, sets, history)
+        n_test = sum(c.verify.n_test_multi + c.verify.n_test_single
+                     for c in {test_key(c): c for c in cfgs}.values())  # fmt: skip
+        with prog.stage(f"test sets ({n_test:,} points)", progress, total=n_test, unit="points",
+                        compiling="the sampler and the evaluation") as st:  # fmt: skip
+            evaluated, curve_s = _evaluate_points(cfgs, V, sets, history, st)
         ens_acc = curves.ensemble_train_accuracy(net.apply, singles.history_params, x, y)
         timing["evaluate"] = time.perf_counter() - t - curve_s
         timing["curves"] = time.perf_counter() - t - timing["evaluate"]
@@ -416,10 +430,12 @@ def _evaluate_points(
     V: jax.Array,
     sets: dict[str, tuple[ApplyFn, jax.Array]],
     history: dict[str, tuple[ApplyFn, Any]],
+    st: prog.Stage | None = None,
 ) -> tuple[list[tuple[dict, np.ndarray, np.ndarray, dict]], float]:
     """One pass over each distinct chunked test set, every model of the points that draw
     it on every chunk (no test set is held whole); the first points of each set also go
     to the error curves (:class:`mvsim.curves.Accumulator`), every recorded model on them.
+    Stage ``st`` advances chunk by chunk.
 
     V: (Q, k, 2, d); sets: {name: (apply, params (Q, S, ...))}; history: {name: (apply,
     params (Q, S, L, ...))}. Returns per point ({set name: (errors on the multi-view set
@@ -452,6 +468,8 @@ def _evaluate_points(
                 parts.append({k: np.asarray(v) for k, v in fn(params, b.x, b.y).items()})
                 if acc.wants(view):
                     acc.add(view, b.x, b.y, b.strong_view)
+                if st is not None:
+                    st.advance(b.y.shape[0])
                 if view == "single":
                     meta_y.append(np.asarray(b.y))
                     meta_s.append(np.asarray(b.strong_view))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -303,3 +304,54 @@ def test_no_trajectory_verdict_moves_when_every_cap_doubles(report, tmp_path):
             a, b = (np.asarray(c[key])[:, : (t <= 500).sum()] for c in (ca, cb))
             np.testing.assert_array_equal(a[:, :-1], b[:, :-1], err_msg=(name, key))
             assert np.abs(a[:, -1] - b[:, -1]).max() <= 0.01 * ca["n_single"], (name, key)
+
+
+# --- progress (issue 28) ---------------------------------------------------------------------
+
+TRAINING_STAGES = ("3 single models", "6 distilled students", "training-average models")
+
+
+def test_each_training_stage_reports_before_its_end(tiny_run):
+    """The tiny run's progress (conftest: display on, a non-terminal stderr, a fake clock
+    that lets every report through): each training stage's bar moves while its flow solve
+    runs, with the flow meter's postfix, after naming its compile, and ends on one line
+    with its time. The test sets advance chunk by chunk."""
+    events, err = tiny_run["events"], tiny_run["stderr"]
+    for name in (*TRAINING_STAGES, "test sets (4,000 points)"):
+        mine = [e for e in events if e.stage == name]
+        kinds = [e.kind for e in mine]
+        assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("end") == 1, name
+        inside = [e for e in mine if e.kind == "update" and 0 < e.n < e.total]
+        assert inside, f"{name}: no report between its start and its end"
+        assert max(e.t for e in inside) < mine[-1].t
+    for name in TRAINING_STAGES:
+        mine = [e for e in events if e.stage == name]
+        notes = [i for i, e in enumerate(mine) if e.kind == "note"]
+        first = next(i for i, e in enumerate(mine) if e.kind == "update")
+        assert notes and notes[0] < first  # XLA compiled the solver before its first step
+        assert mine[notes[0]].text == "compiling the flow solver (once per shape)"
+        assert any("grads/model" in e.text and "done" in e.text for e in mine[first:])
+        # ... and what a log shows: periodic lines with the step reached, then the end line
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"{name}: ")]
+        steps = [re.match(rf"{name}: ([\d,]+)/([\d,]+) steps", ln) for ln in lines]
+        assert any(m and 0 < int(m[1].replace(",", "")) < int(m[2].replace(",", "")) for m in steps)
+        end = rf"{name}: .+ \(compiling .+\); stopped at step .+ gradient evaluations per model"
+        assert re.fullmatch(end, lines[-1]), lines[-1]
+    assert "sampling the training set: " in err
+    assert "\r" not in err  # a log gets lines, not a bar's carriage returns
+
+
+def test_no_progress_prints_one_line_per_stage(capsys):
+    """--no-progress: one line per stage with its time on stderr, nothing in between, and
+    the flow compiled without its meter (no report from inside the solve)."""
+    from mvsim import progress
+
+    argv = ["verify", "--preset", "tiny", "--seeds", "1", "--claims", "single", "--set", "T=1",
+            "--set", "n_test_multi=200", "--set", "n_test_single=200", "--no-progress"]  # fmt: skip
+    with progress.recording() as events:
+        assert cli.main(argv) == 0  # the run of test_strict_exits_1_when_a_claim_fails
+    err = capsys.readouterr().err.splitlines()
+    stages = ["sampling the training set", "1 single models", "test sets (400 points)"]
+    assert [ln.split(": ")[0] for ln in err] == stages, err
+    assert all(re.fullmatch(r".+: (\d+\.\d s|\d+ min \d\d s).*", ln) for ln in err), err
+    assert [e.n for e in events if e.stage == "1 single models" and e.kind == "update"] == [1]

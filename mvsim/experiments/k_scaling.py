@@ -116,7 +116,8 @@ def run(
     for p in pts:
         if progress:
             log(f"k-scaling: k = {p.cfg.data.k} ({family}, {p.cfg.verify.seeds} seeds)")
-        sweep.run_sweep([p], store, claims, progress=False, log=log if progress else _quiet)
+        sweep.run_sweep([p], store, claims, progress="live" if progress else False,
+                        log=log if progress else _quiet)  # fmt: skip
     rep = from_store(store, pts, family)
     rep["timing"]["total"] = round(time.perf_counter() - t0, 3)
     return rep
