@@ -245,7 +245,7 @@ def run_points(
     :func:`run_point` does; ``seconds`` is the batch's wall time over its points.
     ``progress``: its stages' display (:mod:`mvsim.progress`)."""
     from mvsim import claims as claims_mod
-    from mvsim import verify
+    from mvsim import report, verify
 
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
@@ -253,7 +253,8 @@ def run_points(
         ms = verify.run_many(cfgs, claims=ids, progress=progress)
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
-         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing)}
+         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing),
+         "curves": report.curves(m)}
         for m in ms
     ]  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(cfgs)
@@ -355,7 +356,7 @@ def run_sweep(
                 rows += st.write_point(
                     conn, p.cfg, p.values, out["claims"], out["mechanism"],
                     seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
-                    peak_rss_bytes=out["peak_rss_bytes"],
+                    peak_rss_bytes=out["peak_rss_bytes"], curves=out.get("curves"),
                 )  # fmt: skip
             done += len(batch)
             label = _short(batch[0][0].values) + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")
