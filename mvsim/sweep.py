@@ -249,7 +249,7 @@ def run_points(
     (:class:`mvsim.compilation.CompileTime`). ``progress``: its stages' display
     (:mod:`mvsim.progress`)."""
     from mvsim import claims as claims_mod
-    from mvsim import verify
+    from mvsim import report, verify
     from mvsim.compilation import CompileTime
 
     ids = list(claims) if claims is not None else None
@@ -259,7 +259,8 @@ def run_points(
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
          "mechanism": claims_mod.mechanism(m),
-         "timing": {**m.timing, "compile": compiling.seconds}}
+         "timing": {**m.timing, "compile": compiling.seconds},
+         "curves": report.curves(m)}
         for m in ms
     ]  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(cfgs)
@@ -449,7 +450,7 @@ def _drive(ex: Any, conn: Any, todo: list, batch_points: int, bar: _Progress) ->
                 rows += st.write_point(
                     conn, p.cfg, p.values, out["claims"], out["mechanism"],
                     seconds=out["seconds"], timing=out["timing"], started_at=oc.started_at,
-                    env=oc.env, peak_rss_bytes=out["peak_rss_bytes"],
+                    env=oc.env, peak_rss_bytes=out["peak_rss_bytes"], curves=out.get("curves"),
                 )  # fmt: skip
             compile_s += oc.outs[0]["timing"]["compile"]
         bar.finished(oc, _cost(oc.batch, cost))

@@ -55,12 +55,18 @@ class TrainResult(NamedTuple):
     grad_evals: np.ndarray  # (S,) gradient evaluations it cost (GD: one a step)
     final_loss: np.ndarray  # (S,)
     final_accuracy: np.ndarray  # (S,)
+    # (S, L', ...) the weights at every step of history_steps (L',), the run's whole grid
+    # (GD's metrics above stop where every seed has; the final weights past a seed's
+    # stop): what verify's error curves evaluate, after training, in one batched pass.
+    history_params: Params = None
+    history_steps: np.ndarray | None = None
 
     def point(self, q: int) -> TrainResult:
         """Point q of a :func:`train_points` result (arrays (Q, S, ...)): a result of S
         seeds, as :func:`train` returns."""
         take = lambda a: jax.tree.map(lambda b: b[q], a)
-        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f != "steps"})
+        shared = ("steps", "history_steps")
+        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f not in shared})
 
 
 def cross_entropy(
@@ -117,6 +123,16 @@ def log_steps(T: int, n: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], s, [T]]))
 
 
+def history_steps(T: int, n: int, horizon: int | None = None) -> np.ndarray:
+    """The recorded steps of a run of T steps: :func:`log_steps` of the horizon (default
+    T), then those of T past it, so that the times up to the horizon do not depend on the
+    cap T (the trajectory reading compares runs whose caps differ)."""
+    if horizon is None or horizon >= T:
+        return log_steps(T, n)
+    late = log_steps(T, n)
+    return np.concatenate([log_steps(horizon, n), late[late > horizon]])
+
+
 def blocked(apply_fn: ApplyFn, block: int) -> ApplyFn:
     """``apply_fn`` evaluated over blocks of ``block`` samples: (params, x (n, P, d)) ->
     (n, k), the same logits. Full blocks go through one ``lax.map`` whose body is
@@ -149,12 +165,14 @@ class Traced(NamedTuple):
     flow_atol: jax.Array
 
 
-def traced(cfg: TrainConfig, T: int, dtype) -> Traced:
+def traced(cfg: TrainConfig, T: int, dtype, horizon: int | None = None) -> Traced:
     """``cfg``'s shape-free values (budget ``T``) as arrays of the training ``dtype``. The
-    recorded steps are padded to a fixed length by repeating T (saved again, then
-    dropped), since their count varies with T."""
-    ts = log_steps(T, cfg.n_log)
-    ts = np.concatenate([ts, np.full(cfg.n_log + 2 - len(ts), T)])
+    recorded steps (:func:`history_steps`) are padded to a fixed length by repeating T
+    (saved again, then dropped), since their count varies with T: n_log + 2, or twice
+    that where a horizon before T splits them."""
+    ts = history_steps(T, cfg.n_log, horizon)
+    room = (cfg.n_log + 2) * (1 if horizon is None or horizon >= T else 2)
+    ts = np.concatenate([ts, np.full(room - len(ts), T)])
     a = lambda v: jnp.asarray(v, dtype)
     return Traced(a(T), a(ts), a(cfg.loss_tol), a(cfg.converge_tol), a(cfg.flow_rtol),
                   a(cfg.flow_atol))  # fmt: skip
@@ -172,6 +190,7 @@ class _State(NamedTuple):
     done: jax.Array  # bool: frozen
     stop_step: jax.Array
     mean: jax.Array  # the objective's running mean over log-time (flow.drift)
+    hist: Params = None  # (L, ...) the params at the recorded steps (None: not recorded)
 
 
 def _one_seed_chunk(
@@ -191,9 +210,18 @@ def _one_seed_chunk(
     n_steps: int,
 ):
     """Advance one seed by ``n_steps`` GD steps. Metrics are those of the params *before*
-    each step's update, i.e. of the model after t updates."""
+    each step's update, i.e. of the model after t updates; so are the params kept in
+    ``state.hist`` at the recorded steps (:func:`history_steps`)."""
 
     fwd = _forward(apply_fn, cfg, x.shape[0])
+    want = tr.ts.astype(jnp.int32)  # padded with repeats of T (Traced.ts)
+
+    def record(hist, params, t):
+        if hist is None:
+            return None
+        j = jnp.minimum(jnp.searchsorted(want, t), want.shape[0] - 1)
+        hit = want[j] == t
+        return jax.tree.map(lambda h, p: h.at[j].set(jnp.where(hit, p, h[j])), hist, params)
 
     def loss_and_logits(params):
         logits = fwd(params, x)
@@ -226,6 +254,7 @@ def _one_seed_chunk(
             stop_step,
             # An Euler step of the flow's running mean, in units of η = 1 step.
             (mean + jnp.where(done, 0.0, flow.drift(loss, mean, s.t, 1))).astype(s.mean.dtype),
+            record(s.hist, s.params, s.t),
         )
         return nxt, out
 
@@ -287,9 +316,8 @@ def _chunk_fn(
     return jax.jit(one_point)
 
 
-def _flow_one(
-    params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, tr, stop, meter=False
-):
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, tr, stop,
+              save_fn=None, meter=False):  # fmt: skip
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
@@ -308,7 +336,7 @@ def _flow_one(
 
     loss_fn = lambda p: objective(fwd(p, x), y, teacher)
     return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, tr.ts,
-                      cfg=cfg, T=tr.T, rtol=tr.flow_rtol, atol=tr.flow_atol,
+                      cfg=cfg, T=tr.T, rtol=tr.flow_rtol, atol=tr.flow_atol, save_fn=save_fn,
                       meter=prog.FlowMeter() if meter else None)  # fmt: skip
 
 
@@ -335,6 +363,7 @@ def train(
     progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
+    horizon: int | None = None,
 ) -> TrainResult:
     """Train S seeds of ``net`` on (x, y) (the flow or GD, ``cfg.integrator``), vmapped
     over seeds.
@@ -355,6 +384,8 @@ def train(
         moves while the models train, then a line with the time).
       shard: split the seed axis over the local devices when there are several and S
         divides evenly (:mod:`mvsim.devices`); False keeps every seed on one device.
+      horizon: the recorded steps are those of the horizon, then of T past it
+        (:func:`history_steps`; default: of T).
 
     This is :func:`train_points` with one point.
 
@@ -371,7 +402,7 @@ def train(
         res = train_points(
             net, add(x), add(y), add(V), cfg, jax.tree.map(add, init_params),
             etas=[cfg.eta], objective=objective, teacher_logits=add(teacher_logits),
-            T=T, stop=stop, progress=progress, desc=desc, shard=shard,
+            T=T, stop=stop, progress=progress, desc=desc, shard=shard, horizon=horizon,
         )  # fmt: skip
     return res.point(0)
 
@@ -392,6 +423,7 @@ def train_points(
     progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
+    horizon: int | None = None,
 ) -> TrainResult:
     """Train Q points × S seeds in one compiled call: Q sweep points that share every
     array shape (and the static config), each with its own data and η, S seeds each.
@@ -409,6 +441,7 @@ def train_points(
       T, stop, objective, progress, desc: as in :func:`train`.
       shard: split the point axis (or, when Q does not divide, the seed axis) over the
         local devices (:mod:`mvsim.devices`).
+      horizon: where the recorded steps split (:func:`history_steps`; default: T).
 
     Returns a :class:`TrainResult` whose arrays carry a leading (Q, S) (``steps`` (L,)).
 
@@ -424,11 +457,11 @@ def train_points(
             cfg, dtype, init_params, x, y, V, etas, teacher_logits
         )
         Q, S = jax.tree.leaves(init_params)[0].shape[:2]
-        want = log_steps(T, cfg.n_log)
+        want = history_steps(T, cfg.n_log, horizon)
         compiled = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
                                      dataclasses.replace(cfg, **_NORMAL), stop,
                                      min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
-        tr = traced(cfg, T, dtype)
+        tr = traced(cfg, T, dtype, horizon)
         chunk_fn = lambda points, meter=False: lambda *a: compiled(points, meter=meter)(*a, tr)
         data = (x, y, V, eta)
         what = "the flow solver" if cfg.integrator == "flow" else "GD's chunk"
@@ -441,13 +474,14 @@ def train_points(
                                                teacher_axis, want, shard, net.alignment,
                                                st.live)  # fmt: skip
                 else:
-                    state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
-                                         teacher_logits, teacher_axis, want, shard, st)  # fmt: skip
+                    gd0 = _gd_state(init_params, Q, S, T, dtype, len(tr.ts))
+                    state, rec = _run_gd(chunk_fn, gd0, data, teacher_logits, teacher_axis,
+                                         want, shard, st)  # fmt: skip
             except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
                 raise DivergenceError(f"{e} [stage: {desc}]") from None
             st.update(T)
             st.summary = _stage_summary(state, T)
-            return _result(net, objective, state, init_params, x, y, teacher_logits,
+            return _result(net, objective, state, init_params, x, y, teacher_logits, want,
                            teacher_axis, rec)  # fmt: skip
 
 
@@ -472,12 +506,14 @@ def _points_inputs(cfg, dtype, init_params, x, y, V, etas, teacher_logits) -> tu
     return init_params, x, y, V, eta, teacher_logits, teacher_axis
 
 
-def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype) -> _State:
-    """GD's state at step 0 for (Q, S) models (optax's SGD keeps no state of its own)."""
+def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype, L: int) -> _State:
+    """GD's state at step 0 for (Q, S) models (optax's SGD keeps no state of its own), with
+    room for the params at the L recorded steps."""
     opt = optax.sgd(1.0)
     full = lambda v, dt: jnp.full((Q, S), v, dt)
+    hist = jax.tree.map(lambda a: jnp.repeat(a[:, :, None], L, axis=2), init_params)
     return _State(init_params, jax.vmap(jax.vmap(opt.init))(init_params), full(0, jnp.int32),
-                  full(False, bool), full(T, jnp.int32), full(0.0, dtype))  # fmt: skip
+                  full(False, bool), full(T, jnp.int32), full(0.0, dtype), hist)  # fmt: skip
 
 
 def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn, meter):
@@ -584,7 +620,9 @@ def _place_models(state, qi, si, data, teacher, teacher_axis, shard):
     return _place(state, tuple(rows(a) for a in data), teachers, teacher_axis, shard)
 
 
-def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec) -> TrainResult:
+def _result(
+    net, objective, state, init_params, x, y, teacher, want, teacher_axis, rec
+) -> TrainResult:
     """The :class:`TrainResult` of the final state (GD's or the flow's) and the rows."""
     params = state.params
     final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
@@ -595,7 +633,8 @@ def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec
     final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(final_logits, y, tl)
     final_acc = jax.vmap(jax.vmap(accuracy, in_axes=(0, None)))(final_logits, y)
     steps = np.array(sorted(rec))
-    evals = state.evals if isinstance(state, flow.Solved) else state.stop_step
+    is_flow = isinstance(state, flow.Solved)
+    evals = state.evals if is_flow else state.stop_step
     return TrainResult(
         params=params,
         init_params=init_params,
@@ -607,7 +646,24 @@ def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec
         grad_evals=np.asarray(evals),
         final_loss=np.asarray(final_loss),
         final_accuracy=np.asarray(final_acc),
+        history_params=_past_stop(
+            state.history if is_flow else state.hist, params, want, np.asarray(state.stop_step)
+        ),  # fmt: skip
+        history_steps=np.asarray(want),
     )
+
+
+def _past_stop(hist: Params, final: Params, steps: np.ndarray, stop_step: np.ndarray) -> Params:
+    """The recorded params (Q, S, L, ...) with the final params at the steps past each
+    model's stop (the flow saved inf there, GD never wrote them): a stopped model is
+    frozen, as its metrics are."""
+    if hist is None:
+        return None
+    # On the host: eager jnp ops here would compile anew for every count L of recorded steps.
+    hist = jax.tree.map(lambda h: np.asarray(h)[:, :, : len(steps)], hist)  # past L: padding
+    live = steps <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L)
+    at = lambda a: live.reshape(live.shape + (1,) * (a.ndim - 3))
+    return jax.tree.map(lambda h, p: np.where(at(h), h, np.asarray(p)[:, :, None]), hist, final)
 
 
 def _take(teacher, axis: int | None, qi: np.ndarray, si: np.ndarray):

@@ -94,6 +94,10 @@ def test_single_model_learns_about_one_view_per_class(report):
         (["--set", "k"], "k"),
         (["--preset", "nope"], "preset"),
         (["--claims", "single,bogus"], "--claims"),
+        (["--set", "horizon=0"], "horizon"),  # a horizon of 0
+        (["--set", "horizon=5000"], "horizon"),  # beyond the singles' cap T = 2000
+        (["--set", "kd_T=300", "--set", "horizon=400"], "horizon"),  # beyond the students'
+        (["--set", "n_log=1"], "n_log"),  # a time grid of fewer than 2 points
     ],
 )
 def test_bad_input_fails_before_compute(argv, field, capsys):
@@ -197,6 +201,8 @@ def test_run_many_gives_each_point_what_run_gives_it():
             for attr in ("steps", "views"):
                 if getattr(g, attr) is not None:
                     np.testing.assert_array_equal(getattr(h, attr), getattr(g, attr))
+            for key in ("errors_multi", "errors_single", "train_accuracy", "view_correct"):
+                np.testing.assert_array_equal(h.curve[key], g.curve[key], err_msg=(name, key))
         np.testing.assert_array_equal(m.test_single_y, alone.test_single_y)
         np.testing.assert_array_equal(m.lottery, alone.lottery)
     wrong = [int(m.groups["single"].errors_single.sum()) for m in together]
@@ -256,6 +262,48 @@ def test_strict_keeps_0_without_a_fail(report, capsys):
     failed = [c for c in rep["claims"] if c["verdict"] == "FAIL"]
     assert cli._strict_status(True, rep["claims"]) == (1 if failed else 0)
     assert cli._strict_status(False, rep["claims"]) == 0
+
+
+# --- verdicts that do not move with the budget ----------------------------------------------
+
+
+def test_no_trajectory_verdict_moves_when_every_cap_doubles(report, tmp_path):
+    """tiny (horizon 500) against tiny with every cap doubled: the singles' T (2000 → 4000),
+    the students' (500 → 1000) and the solver's step cap. The trajectory reading looks at
+    t ≤ 500 only, whose recorded times and dynamics the caps do not touch, so none of its
+    verdicts moves, KD's and self-distillation's mechanism in time included; end-point
+    verdicts may (tiny's students are far from any limit at 500 steps)."""
+    from mvsim import claims, verify
+    from mvsim import report as report_mod
+    from mvsim.config import make_config
+
+    rep, _ = report
+    cfg = rep["config"]
+    caps = {"T": 2 * cfg["train"]["T"], "kd_T": 1000,
+            "flow_max_steps": 2 * cfg["train"]["flow_max_steps"]}  # fmt: skip
+    doubled = make_config("tiny", {"horizon": 500, **caps})
+    m = verify.run(doubled, progress=False)
+    rep2 = json.loads(json.dumps(report_mod.build(m, claims.evaluate_all(m)),
+                                 default=report_mod.json_default))  # fmt: skip
+    assert cfg["verify"]["horizon"] == rep2["config"]["verify"]["horizon"] == 500
+    for a, b in zip(rep["claims"], rep2["claims"], strict=True):
+        ta, tb = a["trajectory"], b["trajectory"]
+        assert (ta["verdict"], ta["level_verdict"]) == (tb["verdict"], tb["level_verdict"]), a["id"]
+        if "mechanism" in ta:
+            for level, pa in ta["mechanism"]["times"].items():
+                assert pa["verdict"] == tb["mechanism"]["times"][level]["verdict"], (a["id"], level)
+        np.testing.assert_allclose(ta["fraction_at_level"], tb["fraction_at_level"], atol=0.02)
+    # the reason: the error curves up to the horizon are the same (the last point is where
+    # the shorter run's solver clipped its final step). Not the students': their teachers
+    # are the singles at their end, which moves for a single still running at T = 2000.
+    for name in ("single", "ensemble", "training_average"):
+        ca, cb = rep["curves"]["groups"][name], rep2["curves"]["groups"][name]
+        t = np.asarray(ca["steps"])
+        assert t[t <= 500].tolist() == [s for s in cb["steps"] if s <= 500], name
+        for key in ("errors_single", "errors_multi"):
+            a, b = (np.asarray(c[key])[:, : (t <= 500).sum()] for c in (ca, cb))
+            np.testing.assert_array_equal(a[:, :-1], b[:, :-1], err_msg=(name, key))
+            assert np.abs(a[:, -1] - b[:, -1]).max() <= 0.01 * ca["n_single"], (name, key)
 
 
 # --- progress (issue 28) ---------------------------------------------------------------------
