@@ -60,8 +60,8 @@ def run(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     def solve(save_fn):
         one = lambda W: train._flow_one(
             W, ts.x, ts.y, None, V, eta, apply_fn=net.apply, align_fn=net.alignment,
-            objective=train.cross_entropy, cfg=Tc, T=Tc.T, stop=Tc.stop, horizon=H,
-            save_fn=save_fn,
+            objective=train.cross_entropy, cfg=Tc, tr=train.traced(Tc, Tc.T, jnp.float32, H),
+            stop=Tc.stop, save_fn=save_fn,
         )  # fmt: skip
         return jax.jit(jax.vmap(one))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mvsim on a GPU, in one command:   benchmarks/gpu.sh [--quick] [--part bench|k-scaling|all] [OUT.json]
+# mvsim on a GPU, in one command:   benchmarks/gpu.sh [--quick] [--part bench|k-scaling|dask|all] [OUT.json]
 #
 # Part bench runs, into one JSON (default benchmarks/results-gpu.json): the step's
 # efficiency, seed batching at S = 1..256 (cache-resident and memory-bound sizes), time to
@@ -17,6 +17,13 @@
 # at the full kd_T (vit_kd_T = 20000: on 2 CPU cores its stiff flow costs hours per
 # student, docs/learners.md) into OUT's folder/learners; not timed on a GPU yet, so it is
 # not in all. --quick: the tiny preset with seconds-sized budgets.
+# Part dask runs the same k-scaling list to k = 100 (10, 20, 40, 70, 100) as tasks of a Dask
+# LocalCluster with one worker per GPU (each sees its own alone, CUDA_VISIBLE_DEVICES), into
+# OUT's folder/k-scaling-dask; the log gives each point's worker, time and compile time, and
+# the store the same numbers the single-process part stores (docs/sweeps.md). With one GPU
+# it is the k-scaling part with the scheduler's overhead; with several, the points spread
+# over them. Not timed on a GPU yet, so it is not in all. --quick: tiny at k = 2, 3 on 2
+# CPU workers.
 # Default part: all (bench, then k-scaling).
 #
 # Installs nothing: needs jax (with its CUDA plugin) and mvsim importable already, e.g.
@@ -44,7 +51,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) quick="--quick" ;;
     --part) next_is_part=1 ;;
-    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
     -*) echo "gpu.sh: unknown option $arg" >&2; exit 2 ;;
     *) out="$arg" ;;
   esac
@@ -69,19 +76,22 @@ out="${out:-benchmarks/results-gpu.json}"
 echo "gpu.sh: backend $backend, matmul precision $JAX_DEFAULT_MATMUL_PRECISION (compared with $other), writing $out"
 
 case "$part" in
-  bench | k-scaling | learners | all) ;;
-  *) echo "gpu.sh: --part must be bench, k-scaling, learners or all, not $part" >&2; exit 2 ;;
+  bench | k-scaling | learners | dask | all) ;;
+  *) echo "gpu.sh: --part must be bench, k-scaling, learners, dask or all, not $part" >&2; exit 2 ;;
 esac
 
+# k_scaling DIR [FLAGS...]: the k-scaling list into $(dirname $out)/DIR with FLAGS
+# (the Dask block's --executor dask); --quick: k = 2, 3 on tiny.
 k_scaling() {
   local dir
-  dir="$(dirname "$out")/k-scaling"
+  dir="$(dirname "$out")/$1"
+  shift
   if [ -n "$quick" ]; then
     "$PY" -m mvsim.cli experiment k-scaling --family tiny --ks 2,3 --claims single,ensemble \
       --seeds 2 --set T=300 --set exp_n_test_multi=400 --set exp_n_test_single=400 \
-      --no-progress --out "$dir"
+      --no-progress "$@" --out "$dir"
   else
-    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 --out "$dir"
+    "$PY" -m mvsim.cli experiment k-scaling --family demo --ks 10,20,40,70,100 "$@" --out "$dir"
   fi
 }
 
@@ -105,7 +115,12 @@ if [ "$part" = learners ]; then
 fi
 
 if [ "$part" = k-scaling ]; then
-  k_scaling
+  k_scaling k-scaling
+  exit 0
+fi
+
+if [ "$part" = dask ]; then
+  k_scaling k-scaling-dask --executor dask ${quick:+--workers 2}
   exit 0
 fi
 
@@ -120,5 +135,5 @@ fi
   --out "$out"
 
 if [ "$part" = all ]; then
-  k_scaling
+  k_scaling k-scaling
 fi

@@ -24,11 +24,12 @@ def trainer_chunk(net: Any, tcfg: Any, n_steps: int, teacher_axis: int | None = 
     import optax
 
     try:
-        from mvsim.train import _one_seed_chunk, _State, cross_entropy
+        from mvsim.train import _one_seed_chunk, _State, cross_entropy, traced
     except ImportError as e:  # the private names moved: say so rather than time a copy
         raise RuntimeError(f"mvsim.train no longer exposes the chunk step ({e})") from e
     opt = optax.sgd(tcfg.eta)
     T = 2**30
+    tr = traced(tcfg, T, jnp.dtype(tcfg.dtype))
 
     def chunk_fn(state, x, y, teacher, V):
         one = lambda s, t: _one_seed_chunk(
@@ -42,7 +43,7 @@ def trainer_chunk(net: Any, tcfg: Any, n_steps: int, teacher_axis: int | None = 
             objective=cross_entropy,
             opt=opt,
             cfg=tcfg,
-            T=T,
+            tr=tr,
             stop="none",
             n_steps=n_steps,
         )

@@ -48,7 +48,7 @@ from mvsim.model import (
     views_learned,
 )
 from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict, wilson_interval
-from mvsim.store import read_results
+from mvsim.store import read_failures, read_results
 from mvsim.sweep import build_points, parse_grid, run_points, run_sweep
 
 # The trainer is `mvsim.train.train`: re-exporting it here would shadow its module.
@@ -114,6 +114,7 @@ __all__ = [
     "power_law_slope",
     "predict",
     "predicted_error",
+    "read_failures",
     "read_results",
     "run",
     "run_many",

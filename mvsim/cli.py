@@ -39,6 +39,39 @@ def _learner_arg(p: argparse.ArgumentParser) -> None:
                    "--set learner_kwargs='{\"width\": 64}' or the config file)")  # fmt: skip
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "dask"),
+                   help="where the points run: local (this process; the default) or dask "
+                   "(each point a task of a Dask cluster; docs/sweeps.md); default dask when "
+                   "--scheduler or MVSIM_SCHEDULER gives an address")  # fmt: skip
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="the Dask scheduler, e.g. tcp://host:8786 (default: $MVSIM_SCHEDULER; "
+                   "without one, --executor dask starts a local cluster)")  # fmt: skip
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="--executor dask without a scheduler: worker processes of the local "
+                   "cluster (default: one per GPU, or one per CPU core)")  # fmt: skip
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in "
+                   "~/.cache/mvsim, or $JAX_COMPILATION_CACHE_DIR)")  # fmt: skip
+
+
+def _executor_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """run_sweep's executor arguments from the flags; under dask the driver keeps JAX on
+    the CPU (it trains nothing), leaving the accelerators to the workers."""
+    from mvsim import executor
+
+    kind = executor.resolve_executor(args.executor, args.scheduler)
+    if kind == "dask":
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")  # no effect once a backend started
+    return {"executor": kind, "scheduler": args.scheduler, "workers": args.workers,
+            "compile_cache": not args.no_compile_cache}  # fmt: skip
+
+
 def overrides_of(args: argparse.Namespace) -> dict:
     """--config file, then --set items, then --seeds and --learner."""
     overrides = load_file(args.config) if args.config else {}
@@ -178,9 +211,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     mod = experiments.module(args.name)
     preset = args.preset or experiments.DEFAULT_PRESET[args.name]
     overrides = overrides_of(args)
-    for flag in ("family", "claims"):
+    for flag in ("family", "claims", "executor", "scheduler", "workers"):
         if getattr(args, flag) is not None and args.name != "k-scaling":
-            raise ConfigError(f"--{flag}", getattr(args, flag), "applies to k-scaling only")
+            raise ConfigError(f"--{flag}", getattr(args, flag),
+                              "applies to k-scaling only (its points go through the sweep "
+                              "store)")  # fmt: skip
     if args.name == "k-scaling":
         rep = _k_scaling(args, mod, overrides)
     elif args.name == "theory-scaling":
@@ -228,7 +263,7 @@ def _k_scaling(args: argparse.Namespace, mod: Any, overrides: dict[str, Any]) ->
     claims = sweep.check_claims(args.claims.split(",")) if args.claims else None
     # run() builds and validates every point before it trains anything.
     return mod.run(_ks(args, mod), family, overrides, store=args.store, claims=claims,
-                   progress=not args.no_progress)  # fmt: skip
+                   progress=not args.no_progress, **_executor_kw(args))  # fmt: skip
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
@@ -271,7 +306,9 @@ def cmd_bench(argv: list[str]) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mvsim import devices, sweep
 
-    devices.initialize_distributed()
+    kw = _executor_kw(args)
+    if kw["executor"] == "local":
+        devices.initialize_distributed()
     overrides = overrides_of(args)
     grid = sweep.merge_grids(
         sweep.load_grid(args.grid_file) if args.grid_file else {}, sweep.parse_grid(args.grid)
@@ -282,11 +319,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     points = sweep.build_points(args.preset, overrides, grid, ids)  # validates every point
     print(f"sweep: {len(points)} points over {', '.join(grid)} -> {args.store}")
     s = sweep.run_sweep(points, args.store, ids, batch_points=args.batch_points,
-                        progress=not args.no_progress)  # fmt: skip
+                        progress=not args.no_progress, **kw)  # fmt: skip
     print(
         f"sweep: computed {s.computed} points, skipped {s.skipped} already stored, "
-        f"wrote {s.rows} rows to {args.store} in {s.seconds:.1f} s"
+        f"wrote {s.rows} rows to {args.store} in {s.seconds:.1f} s "
+        f"({s.compile_seconds:.1f} s of the points' time compiling)"
     )
+    if s.failed:
+        print(f"sweep: {s.failed} points FAILED (their errors: mvsim results {args.store}); "
+              "rerun the same command to retry them", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -298,7 +340,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             df = store.read_results(args.db)
             cols = ["claim", *(f"point_{a}" for a in df.attrs["axes"])]
             cols += ["error_over_mu", "ci_lo", "ci_hi", "verdict", "frac_one_view"]
-            print(df[cols].to_string(index=False))
+            print(df[cols].to_string(index=False) if len(df) else "no stored points")
+            _print_failures(store.read_failures(args.db))
             return 0
         paths = store.export(args.db, csv=args.csv, parquet=args.parquet)
     except (ImportError, FileNotFoundError) as e:
@@ -307,6 +350,16 @@ def cmd_results(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     return 0
+
+
+def _print_failures(failed: Any) -> None:
+    """The failed points of a store, each with the last line of its error."""
+    if failed.empty:
+        return
+    print(f"\nfailed points ({len(failed)}; a rerun of the sweep retries them):")
+    axes = [c for c in failed.columns if c.startswith("point_") and c != "point_json"]
+    failed = failed.assign(error=[e.strip().splitlines()[-1] for e in failed["error"]])
+    print(failed[[*axes, "attempts", "worker", "error"]].to_string(index=False))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -353,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     _learner_arg(p)
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
+    _cache_arg(p)
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
     p.add_argument("--no-progress", action="store_true",
@@ -379,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="also store the result rows in this SQLite store "
                    "(mvsim.store.read_experiments reads them back); k-scaling keeps its "
                    "points there and resumes from it (default: OUT/store.sqlite)")  # fmt: skip
+    _executor_args(p)
+    _cache_arg(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no bars: one line per stage, with its time")  # fmt: skip
     p.set_defaults(fn=cmd_experiment)
@@ -409,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train up to N points that differ only in traced fields (mu, rho, Gamma, "
         "sigma_0, eta, ...) in one vmapped call (default: 1 on CPU, 16 on GPU/TPU)",
     )
-    p.add_argument("--no-progress", action="store_true", help="a log line per batch, no bar")
+    _executor_args(p)
+    _cache_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="a log line per point, no bar")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("results", help="print or export a sweep store (CSV / Parquet)")
@@ -440,13 +498,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # argparse would reject the benchmark's own options
         return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
+    from mvsim import compilation
+    from mvsim.executor import WorkerMismatch
     from mvsim.store import StoreError
+    from mvsim.sweep import PointsFailed
 
+    if hasattr(args, "no_compile_cache"):
+        compilation.enable_cache(not args.no_compile_cache)
     try:
         return args.fn(args)
-    except (ConfigError, StoreError) as e:
+    except (ConfigError, StoreError, WorkerMismatch) as e:
         print(f"mvsim: error: {e}", file=sys.stderr)
         return 2
+    except PointsFailed as e:
+        print(f"mvsim: error: failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -100,14 +100,18 @@ def solve(
     ts: jax.Array,
     *,
     cfg: TrainConfig,
-    T: int,
+    T: jax.Array,
+    rtol: jax.Array,
+    atol: jax.Array,
     save_fn: Callable[[Params], Any] | None = None,
     meter: dfx.AbstractProgressMeter | None = None,
 ) -> Solved:
     """Integrate one model from t = 0 to T·η (flow time; η maps GD steps to time), and
-    save ``metrics`` at GD-equivalent steps ``ts``. ``save_fn`` (optional): also evaluated
-    inside the solve at those steps (``Solved.saved``); ``benchmarks/curves.py`` times it
-    against evaluating the returned ``history`` afterwards.
+    save ``metrics`` at GD-equivalent steps ``ts`` (non-decreasing; a repeated step is
+    saved again). T and the tolerances ``rtol``, ``atol`` (``cfg.flow_rtol``,
+    ``cfg.flow_atol``) may be traced, so that one compiled solve serves every value; ``cfg``
+    supplies the solver and its step limit. ``save_fn`` (optional): also evaluated inside
+    the solve at those steps (``Solved.saved``).
 
     ``stop_fn(params, L̄)`` is the stop rule (None: never): a real distance to the stop,
     non-negative while the model runs; it stops where the distance turns negative, a time
@@ -136,7 +140,7 @@ def solve(
 
     # Error control on the weights only: the running mean is a measurement, not the path.
     norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e[0])]))
-    ctrl = dfx.PIDController(rtol=cfg.flow_rtol, atol=cfg.flow_atol * rms(params),
+    ctrl = dfx.PIDController(rtol=rtol, atol=atol * rms(params),
                              norm=norm, **PI)  # fmt: skip
     # The weights are saved, and the metrics taken after the solve in one batched pass:
     # metrics inside the loop made every step's program larger (compile) and, under vmap,

@@ -11,6 +11,12 @@ Durability: the database runs in WAL mode with ``synchronous=FULL``, and all row
 point are inserted in ONE transaction after the point has finished. A process killed at
 any moment (SIGKILL included) therefore leaves every finished point whole and no partial
 one, and ``(config_hash, claim)`` is the primary key, so no row can be duplicated.
+
+A point whose run raised (a :class:`~mvsim.train.DivergenceError`, out of memory, a worker
+that died too often) is kept in the ``failed_points`` table with its error text
+(:func:`write_failure`, :func:`read_failures`), one row per point, and is not a result:
+a rerun of the sweep retries it, and once it succeeds its failure row is deleted in the
+transaction that stores its results.
 """
 
 from __future__ import annotations
@@ -181,6 +187,32 @@ def _open(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _connect_read(path: Path) -> sqlite3.Connection:
+    """Open a store to read it, read-only: a store an older mvsim wrote is read as it is
+    (the columns added since read as NULL, :func:`read_results`), never migrated, so
+    reading a committed store leaves its file byte for byte as it was."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60.0)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = SCHEMA_VERSION  # a store without meta: as connect() would stamp it
+        if "meta" in tables:
+            q = "SELECT value FROM meta WHERE key = 'schema_version'"
+            version = int((conn.execute(q).fetchone() or (SCHEMA_VERSION,))[0])
+        have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"{path}: not an mvsim store ({e})") from None
+    missing = [c for c in COLUMNS if c not in have and c not in ADDED_COLUMNS]
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}")
+    if missing:
+        conn.close()
+        raise StoreError(f"{path}: its results table lacks columns {missing} (an older mvsim "
+                         "wrote it); write to a new --store")  # fmt: skip
+    return conn
+
+
 def stored_claims(conn: sqlite3.Connection) -> dict[str, set[str]]:
     """{config_hash: claims stored for it}."""
     out: dict[str, set[str]] = {}
@@ -267,11 +299,87 @@ def write_point(
     try:
         cur = conn.executemany(f"INSERT OR IGNORE INTO results VALUES ({marks})", rows)
         n = cur.rowcount
+        if _has_failures(conn):
+            conn.execute("DELETE FROM failed_points WHERE config_hash = ?", (h,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return n
+
+
+# The failed points of a store, created by its first failure (so that reading a store, a
+# committed one included, never changes its file).
+FAILURES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS failed_points (config_hash TEXT PRIMARY KEY, preset TEXT, "
+    "point_json TEXT, config_json TEXT, claims_json TEXT, error TEXT, attempts INTEGER, "
+    "started_at TEXT, finished_at TEXT, worker TEXT, mvsim_version TEXT, jax_version TEXT, "
+    "backend TEXT)"
+)
+
+
+def _has_failures(conn: sqlite3.Connection) -> bool:
+    q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failed_points'"
+    return conn.execute(q).fetchone() is not None
+
+
+def write_failure(
+    conn: sqlite3.Connection,
+    cfg: Config,
+    point: Mapping[str, Any],
+    claims: Sequence[str],
+    error: str,
+    *,
+    started_at: str,
+    env: Mapping[str, Any],
+    worker: str = "local",
+) -> None:
+    """Record that a point's run raised ``error`` (its text), in one transaction: one row
+    per point, its ``attempts`` counted up on each failure. Its results, if any claims were
+    stored before, are untouched."""
+    from mvsim.report import json_default
+
+    point_json = json.dumps(dict(point), sort_keys=True, default=json_default)
+    versions = tuple(env.get(k) for k in ("mvsim_version", "jax_version", "backend"))
+    row = (config_hash(cfg), cfg.preset, point_json, canonical_json(cfg),
+           json.dumps(list(claims)), error, started_at, utc_now(), worker, *versions)  # fmt: skip
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(FAILURES_TABLE)
+        conn.execute(
+            "INSERT INTO failed_points VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(config_hash) DO UPDATE SET error = excluded.error, "
+            "claims_json = excluded.claims_json, attempts = attempts + 1, "
+            "started_at = excluded.started_at, finished_at = excluded.finished_at, "
+            "worker = excluded.worker, mvsim_version = excluded.mvsim_version, "
+            "jax_version = excluded.jax_version, backend = excluded.backend",
+            row,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def read_failures(path: str | Path) -> pd.DataFrame:
+    """The store's failed points as a DataFrame (columns of the ``failed_points`` table,
+    plus ``point_<field>`` for each swept field), oldest first; empty when none failed."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result store at {path}")
+    conn = _connect_read(path)
+    try:
+        if not _has_failures(conn):  # none failed yet: an empty table, in memory only
+            conn.execute(FAILURES_TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+        df = pd.read_sql_query("SELECT * FROM failed_points ORDER BY rowid", conn)
+    finally:
+        conn.close()
+    points = [json.loads(p) for p in df["point_json"]]
+    for ax in sorted({k for p in points for k in p}):
+        df[f"point_{ax}"] = [_scalar(p.get(ax)) for p in points]
+    return df
 
 
 def _claim_curves(claim: str, curves: Mapping[str, Any] | None) -> str | None:
@@ -303,11 +411,14 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no result store at {path}")
-    conn = connect(path)
+    conn = _connect_read(path)
     try:
         df = pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
     finally:
         conn.close()
+    for col in ADDED_COLUMNS:  # added since the store was written: NULL, as a migration gives
+        if col not in df:
+            df[col] = None
     for col, kind in COLUMNS.items():  # a REAL column NULL in every row reads as None
         if kind == "REAL" and col in df:
             df[col] = df[col].astype(float)
@@ -354,7 +465,7 @@ def read_experiments(path: str | Path, experiment: str | None = None) -> pd.Data
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no result store at {path}")
-    conn = connect(path)
+    conn = _connect_read(path)
     try:
         q = "SELECT * FROM experiment_rows"
         args: tuple = ()

@@ -152,6 +152,37 @@ def blocked(apply_fn: ApplyFn, block: int) -> ApplyFn:
     return f
 
 
+class Traced(NamedTuple):
+    """The :class:`TrainConfig` values that keep every array shape, handed to the compiled
+    trainer as arguments rather than baked in as constants, so that runs differing only in
+    them (with η, passed per point) share one compiled program (:func:`traced`)."""
+
+    T: jax.Array  # the step budget (the flow: time T·η)
+    ts: jax.Array  # (n_log + 2,) the recorded steps log_steps(T, n_log), padded with T
+    loss_tol: jax.Array
+    converge_tol: jax.Array
+    flow_rtol: jax.Array
+    flow_atol: jax.Array
+
+
+def traced(cfg: TrainConfig, T: int, dtype, horizon: int | None = None) -> Traced:
+    """``cfg``'s shape-free values (budget ``T``) as arrays of the training ``dtype``. The
+    recorded steps (:func:`history_steps`) are padded to a fixed length by repeating T
+    (saved again, then dropped), since their count varies with T: n_log + 2, or twice
+    that where a horizon before T splits them."""
+    ts = history_steps(T, cfg.n_log, horizon)
+    room = (cfg.n_log + 2) * (1 if horizon is None or horizon >= T else 2)
+    ts = np.concatenate([ts, np.full(room - len(ts), T)])
+    a = lambda v: jnp.asarray(v, dtype)
+    return Traced(a(T), a(ts), a(cfg.loss_tol), a(cfg.converge_tol), a(cfg.flow_rtol),
+                  a(cfg.flow_atol))  # fmt: skip
+
+
+# The static config a compiled trainer is cached under: its traced values normalised.
+_NORMAL = {"eta": 1.0, "T": 1, "loss_tol": 0.0, "converge_tol": 1.0, "flow_rtol": 1.0,
+           "flow_atol": 1.0}  # fmt: skip
+
+
 class _State(NamedTuple):
     params: Params
     opt_state: optax.OptState
@@ -174,17 +205,16 @@ def _one_seed_chunk(
     objective: Objective,
     opt: optax.GradientTransformation,
     cfg: TrainConfig,
-    T: int,
+    tr: Traced,
     stop: str,
     n_steps: int,
-    horizon: int | None = None,
 ):
     """Advance one seed by ``n_steps`` GD steps. Metrics are those of the params *before*
     each step's update, i.e. of the model after t updates; so are the params kept in
     ``state.hist`` at the recorded steps (:func:`history_steps`)."""
 
     fwd = _forward(apply_fn, cfg, x.shape[0])
-    want = jnp.asarray(history_steps(T, cfg.n_log, horizon), jnp.int32)
+    want = tr.ts.astype(jnp.int32)  # padded with repeats of T (Traced.ts)
 
     def record(hist, params, t):
         if hist is None:
@@ -205,12 +235,12 @@ def _one_seed_chunk(
         if stop == "accuracy":
             hit = acc >= 1.0  # exact: accuracy() is 1.0 iff every point is right
         elif stop == "loss":
-            hit = loss < cfg.loss_tol
+            hit = loss < tr.loss_tol
         elif stop == "converged":
-            hit = flow.converged(loss, mean, margin(logits, y), cfg.converge_tol) < 0
+            hit = flow.converged(loss, mean, margin(logits, y), tr.converge_tol) < 0
         else:
             hit = jnp.zeros((), bool)
-        done = s.done | hit | (s.t >= T) | ~finite
+        done = s.done | hit | (s.t >= tr.T) | ~finite
         stop_step = jnp.where(done & ~s.done, s.t, s.stop_step)
         updates, opt_state = opt.update(grads, s.opt_state, s.params)
         new_params = optax.apply_updates(s.params, updates)
@@ -242,30 +272,29 @@ def _chunk_fn(
     align_fn: AlignmentFn,
     objective: Objective,
     cfg: TrainConfig,
-    T: int,
     stop: str,
     n_steps: int,
     teacher_axis: int | None,
     points: int,
-    horizon: int | None = None,
     meter: bool = False,
 ) -> Callable:
-    """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): ``n_steps``
+    """The jitted chunk ``f(state, x, y, teacher, V, eta, tr)`` over (points, seeds): ``n_steps``
     GD steps (``integrator = 'gd'``), or the whole flow of each model ('flow'; ``state``
     is then the init params and ``n_steps`` unused). Seeds are vmapped inside a point
     (sharing its data), points outside (each with its own x, y, V, η and teachers). One
-    per static setup: calls with the same model, objective and config (η excepted) reuse
-    it, and jit compiles once per array shape. η is traced so that an η sweep compiles
-    once; ``cfg.eta`` is not read (callers pass it normalised so it does not split the
-    cache). ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
-    shared by its seeds). ``points``: 1 (one point) or 2 (several). ``horizon``: where
-    the recorded steps split (:func:`history_steps`). ``meter``: the flow reports its
-    progress while it runs (:class:`mvsim.progress.FlowMeter`; a separate program, since
-    one with a host callback never enters JAX's persistent cache)."""
+    per static setup: calls with the same model, objective and config (η and the
+    :class:`Traced` values excepted) reuse it, and jit compiles once per array shape. η
+    and ``tr`` (T, the recorded steps, the stop thresholds and the flow's tolerances) are
+    traced so that a sweep over them compiles once; ``cfg``'s copies are not read
+    (callers pass them normalised, :data:`_NORMAL`, so they do not split the cache).
+    ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
+    shared by its seeds). ``points``: 1 (one point) or 2 (several). ``meter``: the flow
+    reports its progress while it runs (:class:`mvsim.progress.FlowMeter`; a separate
+    program, since one with a host callback never enters JAX's persistent cache)."""
 
-    def point_chunk(state, x, y, teacher, V, eta):
-        kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, T=T,
-                  stop=stop, horizon=horizon)  # fmt: skip
+    def point_chunk(state, x, y, teacher, V, eta, tr):
+        kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, tr=tr,
+                  stop=stop)  # fmt: skip
         if cfg.integrator == "flow":
             one = lambda s, t: _flow_one(s, x, y, t, V, eta, meter=meter, **kw)
         else:
@@ -275,20 +304,20 @@ def _chunk_fn(
 
     t_axis = None if teacher_axis is None else 0
     if points > 1:
-        return jax.jit(jax.vmap(point_chunk, in_axes=(0, 0, 0, t_axis, 0, 0)))
+        return jax.jit(jax.vmap(point_chunk, in_axes=(0, 0, 0, t_axis, 0, 0, None)))
 
     # One point: the same computation without the unit batch axis, which XLA's CPU dots
     # do not see through (a size-1 vmap made the demo's step about 10% slower).
-    def one_point(state, x, y, teacher, V, eta):
+    def one_point(state, x, y, teacher, V, eta, tr):
         drop = lambda t: jax.tree.map(lambda a: a[0], t)
-        out = point_chunk(*drop((state, x, y, teacher, V, eta)))
+        out = point_chunk(*drop((state, x, y, teacher, V, eta)), tr)
         return jax.tree.map(lambda a: a[None], out)
 
     return jax.jit(one_point)
 
 
-def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop,
-              horizon=None, save_fn=None, meter=False):  # fmt: skip
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, tr, stop,
+              save_fn=None, meter=False):  # fmt: skip
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
@@ -302,13 +331,12 @@ def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, c
             return -margin(logits, y)
         loss = objective(logits, y, teacher)
         if stop == "loss":
-            return loss - cfg.loss_tol
-        return flow.converged(loss, mean, margin(logits, y), cfg.converge_tol)
+            return loss - tr.loss_tol
+        return flow.converged(loss, mean, margin(logits, y), tr.converge_tol)
 
     loss_fn = lambda p: objective(fwd(p, x), y, teacher)
-    ts = jnp.asarray(history_steps(T, cfg.n_log, horizon), eta.dtype)
-    return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, ts,
-                      cfg=cfg, T=T, save_fn=save_fn,
+    return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, tr.ts,
+                      cfg=cfg, T=tr.T, rtol=tr.flow_rtol, atol=tr.flow_atol, save_fn=save_fn,
                       meter=prog.FlowMeter() if meter else None)  # fmt: skip
 
 
@@ -430,10 +458,11 @@ def train_points(
         )
         Q, S = jax.tree.leaves(init_params)[0].shape[:2]
         want = history_steps(T, cfg.n_log, horizon)
-        chunk_fn = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
-                                     dataclasses.replace(cfg, eta=1.0), T, stop,
-                                     min(cfg.chunk, T + 1), teacher_axis,
-                                     horizon=horizon)  # fmt: skip
+        compiled = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
+                                     dataclasses.replace(cfg, **_NORMAL), stop,
+                                     min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
+        tr = traced(cfg, T, dtype, horizon)
+        chunk_fn = lambda points, meter=False: lambda *a: compiled(points, meter=meter)(*a, tr)
         data = (x, y, V, eta)
         what = "the flow solver" if cfg.integrator == "flow" else "GD's chunk"
         with prog.stage(desc, progress, total=T, unit="steps", compiling=what) as st:
@@ -445,7 +474,7 @@ def train_points(
                                                teacher_axis, want, shard, net.alignment,
                                                st.live)  # fmt: skip
                 else:
-                    gd0 = _gd_state(init_params, Q, S, T, dtype, len(want))
+                    gd0 = _gd_state(init_params, Q, S, T, dtype, len(tr.ts))
                     state, rec = _run_gd(chunk_fn, gd0, data, teacher_logits, teacher_axis,
                                          want, shard, st)  # fmt: skip
             except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
@@ -501,9 +530,10 @@ def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, a
     stop_step = np.asarray(out.stop_step)  # waits for the solve (the meter reports meanwhile)
     _check_flow(np.asarray(out.ok), stop_step, Q)
     live = want <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L); t/η rounds off T·η/η
-    loss = np.where(live, np.asarray(out.loss), np.nan)
-    acc = np.where(live, np.asarray(out.accuracy), np.nan)
-    lam = np.asarray(out.alignment)  # (Q, S, L, ..., k, 2)
+    L = len(want)  # the saves past it repeat T (the padding of Traced.ts)
+    loss = np.where(live, np.asarray(out.loss)[:, :, :L], np.nan)
+    acc = np.where(live, np.asarray(out.accuracy)[:, :, :L], np.nan)
+    lam = np.asarray(out.alignment)[:, :, :L]  # (Q, S, L, ..., k, 2)
     final = np.asarray(jax.vmap(jax.vmap(align_fn, in_axes=(0, None)))(out.params, data[2]))
     lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
     rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
@@ -629,9 +659,11 @@ def _past_stop(hist: Params, final: Params, steps: np.ndarray, stop_step: np.nda
     frozen, as its metrics are."""
     if hist is None:
         return None
-    live = jnp.asarray(steps <= stop_step[..., None] * (1 + 1e-6))  # (Q, S, L)
+    # On the host: eager jnp ops here would compile anew for every count L of recorded steps.
+    hist = jax.tree.map(lambda h: np.asarray(h)[:, :, : len(steps)], hist)  # past L: padding
+    live = steps <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L)
     at = lambda a: live.reshape(live.shape + (1,) * (a.ndim - 3))
-    return jax.tree.map(lambda h, p: jnp.where(at(h), h, p[:, :, None]), hist, final)
+    return jax.tree.map(lambda h, p: np.where(at(h), h, np.asarray(p)[:, :, None]), hist, final)
 
 
 def _take(teacher, axis: int | None, qi: np.ndarray, si: np.ndarray):

@@ -82,6 +82,23 @@ def test_flow_learns_gds_views_and_stops_with_it(rtol_factor):
     assert f.grad_evals.sum() < g.grad_evals.sum() / 4
 
 
+def test_values_that_keep_every_shape_reuse_the_compiled_solve():
+    """T, η, the stop thresholds and the flow's tolerances are arguments of the compiled
+    solve (train.Traced), not constants: a run differing from the test above only in
+    them compiles nothing, and records its own steps (fewer for a shorter T)."""
+    from mvsim.compilation import CompileTime
+
+    cfg = setup()[0]
+    run(integrator="flow")  # compiled (and cached) by the test above
+    T = cfg.train.T // 3
+    with CompileTime() as c:
+        r = run(integrator="flow", T=T, eta=cfg.train.eta * 0.9, flow_rtol=0.7, flow_atol=2e-3,
+                loss_tol=0.01, converge_tol=0.01)  # fmt: skip
+    assert c.spans == []
+    np.testing.assert_array_equal(r.steps, log_steps(T, cfg.train.n_log))
+    assert len(r.steps) < len(log_steps(cfg.train.T, cfg.train.n_log))
+
+
 def test_flow_history_is_recorded_at_gd_equivalent_steps():
     cfg, V, x, y, net, W0 = setup()
     r = run(integrator="flow")

@@ -221,3 +221,21 @@ def test_the_page_header_gives_the_seeds_of_every_k():
     per_k = ", ".join(str(r["seeds"]) for r in rep["rows"])
     assert len({r["seeds"] for r in rep["rows"]}) > 1
     assert f"<td>{per_k} (per k)</td>" in page, per_k
+
+
+def test_a_failed_k_is_named_with_its_error(tmp_path) -> None:
+    """A k whose run failed (stored as failed by the sweep) stops the report with its k,
+    the last line of its error and what to do, instead of a missing-row error."""
+    from mvsim import store
+    from mvsim.experiments import k_scaling
+
+    pts = k_scaling.points([2, 3], "tiny", {"seeds": 2}, ["single", "ensemble"])
+    db = tmp_path / "s.sqlite"
+    conn = store.connect(db)
+    store.write_failure(conn, pts[1].cfg, pts[1].values, ["single", "ensemble"],
+                        "Traceback (most recent call last):\nDivergenceError: the flow failed",
+                        started_at=store.utc_now(), env={})  # fmt: skip
+    conn.close()
+    msg = k_scaling._failures(db, pts)
+    assert msg.startswith("k = 3: DivergenceError: the flow failed (stored as failed in")
+    assert "k = 2" not in msg and "rerun the same command" in msg

@@ -1,5 +1,8 @@
 """Sweeps: grid parsing and its errors, the store's schema and exports, resume after a
-SIGKILL, the figures, and sharded = unsharded training on 4 forced host devices."""
+SIGKILL (and the CLI's persistent compilation cache), the figures, sharded = unsharded
+training on 4 forced host devices, and the points as tasks of a Dask LocalCluster of 2
+workers: the same numbers as the local executor, a worker or the driver killed, a
+diverging point, a mismatched worker."""
 
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from mvsim.config import ConfigError, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny sweep: short training and small test sets, so a point takes seconds.
-FIXED = ["T=300", "n_test_multi=500", "n_test_single=500", "seeds=2", "kd_students=2"]
+# A tiny sweep: short training and small test sets, so a point takes seconds. (At most
+# 2000 solver steps a model: the diverging point of the Dask tests reaches it in a second.)
+FIXED = ["T=300", "n_test_multi=500", "n_test_single=500", "seeds=2", "kd_students=2",
+         "flow_max_steps=2000"]  # fmt: skip
 GRID = ["mu=0.05,0.1,0.2"]
 CLAIMS = "single,ensemble"
 
@@ -153,14 +158,17 @@ def _rows(db: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
-    """Start the sweep, SIGKILL it as soon as its first point is stored, restart it."""
+    """Start the sweep, SIGKILL it as soon as its first point is stored, restart it.
+    Returns the store, its rows when first seen, after the kill and at the end, the
+    restart's log, the first run's log and the compilation cache folder both used."""
     tmp = tmp_path_factory.mktemp("sweep")
     db = tmp / "s.sqlite"
-    # JAX's persistent compilation cache: the restart reuses the first run's executables
-    # (as a user's restarted sweep would with it set), which keeps this test fast.
-    env = _env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    # The CLI's own persistent compilation cache (none set by the user: a fresh user cache
+    # folder), so the restart reuses the first run's executables, as a user's would; every
+    # program is kept, however quick its compile.
+    env = _env(XDG_CACHE_HOME=str(tmp / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     proc = subprocess.Popen(_sweep_cmd(db), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
@@ -181,11 +189,12 @@ def resumed(tmp_path_factory):
     second = subprocess.run(_sweep_cmd(db), cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    return db, before, after_kill, _rows(db), second.stdout
+    caches = list((tmp / "xdg" / "mvsim").iterdir())
+    return db, before, after_kill, _rows(db), second.stdout, log1, caches
 
 
 def test_resume_after_sigkill_loses_and_repeats_nothing(resumed) -> None:
-    db, before, after_kill, after, log = resumed
+    db, before, after_kill, after, log, *_ = resumed
     n_points, n_claims = 3, 2
     done = len({r[0] for r in after_kill})
     # Killed mid-sweep: whole points only (both claims of each), and not all of them.
@@ -196,6 +205,30 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(resumed) -> None:
     assert len(set((h, c) for h, c, *_ in after)) == len(after)  # no duplicate row
     assert after[: len(after_kill)] == after_kill  # finished rows untouched (same timestamps)
     assert set(after_kill) >= set(before)
+
+
+def _compile_seconds(log: str) -> list[float]:
+    """The compile time of each point in a --no-progress sweep log, in order."""
+    return [float(s) for s in re.findall(r"points, .*: [0-9.]+ s, compile ([0-9.]+) s", log)]
+
+
+def test_the_cli_compilation_cache_serves_the_restart(resumed) -> None:
+    """The CLI keeps JAX's persistent compilation cache in the user's cache folder, named
+    after the jax and mvsim that wrote it, and the restarted sweep compiles its first
+    point in less time than the first run did (read from their own logs)."""
+    import jax
+    import jaxlib
+
+    from mvsim import __version__
+    from mvsim.compilation import source_hash
+
+    *_, log2, log1, caches = resumed
+    names = [f"jax-{jax.__version__}", f"jaxlib-{jaxlib.__version__}", f"mvsim-{__version__}"]
+    assert [c.name for c in caches] == ["-".join([*names, source_hash()[:12]])]
+    assert any(caches[0].iterdir())
+    first, again = _compile_seconds(log1)[0], _compile_seconds(log2)[0]
+    print(f"first point compiled in {first:.1f} s, after the restart in {again:.1f} s")
+    assert again < first, (log1[-2000:], log2[-2000:])
 
 
 def test_rerun_of_a_finished_sweep_computes_nothing(resumed, capsys) -> None:
@@ -495,6 +528,17 @@ def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) ->
     assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
 
 
+def test_reading_a_store_leaves_its_file_as_it_was() -> None:
+    """A committed store read for its results and its (absent) failures is not written:
+    the failures' table is made by the first failure, not by opening."""
+    import hashlib
+
+    db = ROOT / "docs" / "k-scaling" / "demo" / "store.sqlite"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    assert len(store.read_results(db)) > 0 and store.read_failures(db).empty
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
 def test_fields_added_later_stay_out_of_the_key_at_their_defaults() -> None:
     """A point's key ignores the learner fields while they hold their defaults (stores
     written before they existed keep their keys) and changes once one is set."""
@@ -514,3 +558,218 @@ def test_fields_added_later_stay_out_of_the_key_at_their_defaults() -> None:
     before = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode())
     assert st.config_hash(cfg) == before.hexdigest()
     assert st.config_hash(make_config("demo", {"learner": "mlp"})) != st.config_hash(cfg)
+
+
+# --- the points as tasks of a Dask LocalCluster of 2 workers ----------------------------
+
+DASK_GRID = ["mu=0.05,0.1", "eta=2,2.5"]  # 2×2; μ and η keep the compiled programs
+# Everything a point stores but its numbers: when and where it ran, and how long.
+HOST_COLUMNS = {"seconds", "timing_json", "peak_rss_bytes", "started_at", "finished_at"}
+
+
+def _dask_points(grid: list[str] = DASK_GRID) -> list:
+    from mvsim.config import parse_set
+
+    return sweep.build_points("tiny", parse_set(FIXED), sweep.parse_grid(grid))
+
+
+@pytest.fixture(scope="module")
+def cluster(resumed):
+    """A LocalCluster of 2 single-threaded workers (mvsim.cluster.local_cluster) and its
+    client. The session's compilation cache is first given the programs the resumed sweep
+    compiled (the same static config), so neither the workers nor this process compile
+    them again: a speed-up only."""
+    import shutil
+
+    import jax
+    from distributed import Client
+
+    from mvsim.cluster import local_cluster
+
+    session_cache = jax.config.jax_compilation_cache_dir
+    if session_cache:
+        shutil.copytree(resumed[-1][0], session_cache, dirs_exist_ok=True)
+    lc = local_cluster(2)
+    client = Client(lc)
+    yield client
+    client.close()
+    lc.close()
+
+
+def _busy(dask_worker) -> tuple[int, list[str]]:
+    """(pid, the mvsim tasks it is executing) of a worker (run there by client.run)."""
+    keys = [str(ts.key) for ts in dask_worker.state.executing]
+    return os.getpid(), [k for k in keys if k.startswith("mvsim-point")]
+
+
+def _results(db: Path) -> list[tuple]:
+    """Every stored row but its host columns, in key order."""
+    with sqlite3.connect(db) as c:
+        cols = [r[1] for r in c.execute("PRAGMA table_info(results)")]
+        keep = ", ".join(n for n in cols if n not in HOST_COLUMNS)
+        return c.execute(f"SELECT {keep} FROM results ORDER BY config_hash, claim").fetchall()
+
+
+@pytest.fixture(scope="module")
+def killed(cluster, tmp_path_factory):
+    """A 2×2 sweep on the cluster, one of whose workers is SIGKILLed while it runs a
+    point: (store, summary, log lines, the killed worker's address)."""
+    import threading
+
+    db = tmp_path_factory.mktemp("killed") / "k.sqlite"
+    logs: list[str] = []
+    out: dict = {}
+
+    def drive() -> None:
+        out["summary"] = sweep.run_sweep(_dask_points(), db, CLAIMS.split(","), progress=False,
+                                         log=logs.append, scheduler=cluster)  # fmt: skip
+
+    t = threading.Thread(target=drive)
+    t.start()
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None and t.is_alive() and time.monotonic() < deadline:
+        for address, (pid, keys) in cluster.run(_busy).items():
+            if keys:
+                os.kill(pid, signal.SIGKILL)
+                victim = address
+                break
+        time.sleep(0.01)
+    t.join(timeout=600)
+    assert victim is not None, "no worker was ever seen running a point:\n" + "\n".join(logs)
+    return db, out["summary"], logs, victim
+
+
+def test_a_worker_killed_mid_point_loses_and_repeats_nothing(killed) -> None:
+    db, summary, logs, victim = killed
+    assert (summary.computed, summary.failed, summary.rows) == (4, 0, 8), logs
+    rows = _rows(db)
+    assert len(rows) == 8 and len({(h, c) for h, c, *_ in rows}) == 8  # each point once
+    done = [line for line in logs if "points, " in line]
+    assert len(done) == 4, logs
+    # Every point was finished by a live worker: the killed one's was retried elsewhere.
+    assert all(f" on {victim}," not in line for line in done), (victim, logs)
+
+
+def test_dask_sweep_stores_the_local_sweeps_numbers_bit_for_bit(killed, cluster, tmp_path) -> None:
+    """Every stored number (error/μ, CIs, bounds, strata, view fractions, each model's
+    row in claim_json, the mechanism's inits and views) is the same bit for bit whether
+    the 2×2 grid ran here (2 threads) or on the 2 single-threaded workers, with or without
+    a worker killed on the way."""
+    points = _dask_points()
+    local, dask = tmp_path / "local.sqlite", tmp_path / "dask.sqlite"
+    quiet = dict(progress=False, log=lambda _: None)
+    assert sweep.run_sweep(points, local, CLAIMS.split(","), executor="local", **quiet).rows == 8
+    assert sweep.run_sweep(points, dask, CLAIMS.split(","), scheduler=cluster, **quiet).rows == 8
+    want = _results(local)
+    assert len(want) == 8 and len({r[0] for r in want}) == 4
+    assert _results(dask) == want
+    assert _results(killed[0]) == want
+
+
+def test_a_killed_driver_reruns_only_the_missing_points(cluster, tmp_path, capsys) -> None:
+    """SIGKILL the driver (`mvsim sweep --scheduler ADDRESS`) once it has stored a point;
+    the same command then stores the rest, each point once."""
+    db = tmp_path / "d.sqlite"
+    argv = ["sweep", "--preset", "tiny", "--store", str(db), "--claims", CLAIMS,
+            "--no-progress", "--scheduler", cluster.scheduler.address]  # fmt: skip
+    for g in [*DASK_GRID, "seed=0,1"]:  # 8 points: the driver dies with some left to do
+        argv += ["--grid", g]
+    for f in FIXED:
+        argv += ["--set", f]
+    cmd = [sys.executable, "-m", "mvsim.cli", *argv]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    before: list[tuple] = []
+    deadline = time.monotonic() + 300
+    while not before and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            before = _rows(db) if db.exists() else []
+        except sqlite3.OperationalError:  # the table is being created
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    log1 = proc.communicate()[0]
+    after_kill = _rows(db)
+    done = len({r[0] for r in after_kill})
+    assert 1 <= done < 8 and len(after_kill) == 2 * done, log1[-3000:]
+    assert cli.main(argv) == 0
+    assert f"computed {8 - done} points, skipped {done} already stored" in capsys.readouterr().out
+    after = _rows(db)
+    assert len(after) == 16 and len({(h, c) for h, c, *_ in after}) == 16
+    assert after[: len(after_kill)] == after_kill  # the stored points untouched
+
+
+def test_a_diverging_point_is_stored_as_failed_and_retried(cluster, tmp_path, capsys) -> None:
+    """σ_n = 10⁴ makes the flow too stiff for flow_max_steps (a DivergenceError): that point
+    is stored as failed with its error, the others as results; `mvsim results` lists it;
+    a rerun retries it alone."""
+    db = tmp_path / "f.sqlite"
+    points = _dask_points(["mu=0.05", "sigma_n=0.125,10000"])
+    quiet = dict(progress=False, log=lambda _: None)
+    s = sweep.run_sweep(points, db, CLAIMS.split(","), scheduler=cluster, **quiet)
+    assert (s.computed, s.failed, s.rows) == (2, 1, 2)
+    bad = next(p for p in points if p.values["sigma_n"] == 10000)
+    failed = store.read_failures(db)
+    assert list(failed["config_hash"]) == [bad.hash] and list(failed["attempts"]) == [1]
+    assert "DivergenceError" in failed["error"][0] and "flow_max_steps" in failed["error"][0]
+    assert {r[0] for r in _rows(db)} == {p.hash for p in points if p is not bad}
+    assert cli.main(["results", str(db)]) == 0
+    shown = capsys.readouterr().out
+    assert "failed points (1;" in shown and "DivergenceError" in shown
+    again = sweep.run_sweep(points, db, CLAIMS.split(","), scheduler=cluster, **quiet)
+    assert (again.computed, again.skipped, again.failed) == (1, 1, 1)
+    assert list(store.read_failures(db)["attempts"]) == [2]
+
+
+def _set_version(version: str) -> None:
+    import mvsim
+
+    mvsim.__version__ = version
+
+
+def test_a_worker_with_another_mvsim_is_refused_before_any_point(cluster, tmp_path) -> None:
+    from mvsim import __version__
+    from mvsim.executor import WorkerMismatch
+
+    one = sorted(cluster.scheduler_info()["workers"])[0]
+    db = tmp_path / "v.sqlite"
+    cluster.run(_set_version, "0.0.0+other", workers=[one])
+    try:
+        with pytest.raises(WorkerMismatch, match=r"refused: it runs mvsim '0\.0\.0\+other'"):
+            sweep.run_sweep(_dask_points(), db, CLAIMS.split(","), scheduler=cluster,
+                            progress=False, log=lambda _: None)  # fmt: skip
+    finally:
+        cluster.run(_set_version, __version__, workers=[one])
+    assert _rows(db) == [] and store.read_failures(db).empty
+
+
+def test_executor_flags_are_checked_before_any_compute(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MVSIM_SCHEDULER", raising=False)
+    db = tmp_path / "x.sqlite"
+    base = ["sweep", "--preset", "tiny", "--grid", "mu=0.1", "--store", str(db)]
+    for extra, says in ((["--executor", "local", "--scheduler", "tcp://h:1"], "'--scheduler'"),
+                        (["--executor", "dask", "--workers", "0"], "'--workers'"),
+                        (["--workers", "2"], "applies to --executor dask only")):  # fmt: skip
+        assert cli.main(base + extra) == 2, extra
+        assert says in capsys.readouterr().err, extra
+    rc = cli.main(["experiment", "dropping", "--executor", "dask"])
+    assert rc == 2 and "applies to k-scaling only" in capsys.readouterr().err
+    from mvsim.executor import resolve_executor
+
+    monkeypatch.setenv("MVSIM_SCHEDULER", "tcp://h:1")
+    assert resolve_executor(None, None) == "dask" and resolve_executor("local", None) == "local"
+
+
+def test_point_cost_orders_k_scaling_as_its_measured_times() -> None:
+    """The ETA's cost model ranks the committed k-scaling points as their measured times
+    do (k = 3 … 40 of the demo family), each ratio to k = 3 within a factor 3 of the
+    measured one."""
+    from mvsim.config import Config
+
+    rep = json.loads((ROOT / "docs" / "k-scaling" / "demo" / "report.json").read_text())
+    cfgs = [Config.from_dict(rep["configs"][str(k)]) for k in rep["ks"]]
+    cost = [sweep.point_cost(c) for c in cfgs]
+    seconds = [r["point_seconds"] for r in rep["rows"]]
+    assert cost == sorted(cost)
+    ratio = [(c / cost[0]) / (s / seconds[0]) for c, s in zip(cost, seconds, strict=True)]
+    assert all(0.3 < r < 2 for r in ratio), ratio

@@ -107,17 +107,21 @@ def run(
     claims: Sequence[str] | None = None,
     progress: bool = True,
     log: Any = print,
+    **executor: Any,
 ) -> dict[str, Any]:
-    """Run every k not yet in ``store`` (in increasing k, each stored when it finishes),
-    then build the report from the store. ``claims``: a subset of the claim ids (None:
-    all)."""
+    """Run every k not yet in ``store`` (one sweep, :func:`mvsim.sweep.run_sweep`, each k
+    stored when it finishes), then build the report from the store. ``claims``: a subset
+    of the claim ids (None: all). ``executor``: run_sweep's ``executor``, ``scheduler``,
+    ``workers`` and ``compile_cache`` (the points as tasks of a Dask cluster)."""
     pts = points(ks, family, overrides, claims)
     t0 = time.perf_counter()
-    for p in pts:
-        if progress:
-            log(f"k-scaling: k = {p.cfg.data.k} ({family}, {p.cfg.verify.seeds} seeds)")
-        sweep.run_sweep([p], store, claims, progress="live" if progress else False,
-                        log=log if progress else _quiet)  # fmt: skip
+    if progress:
+        log(f"k-scaling: k = {', '.join(str(p.cfg.data.k) for p in pts)} ({family}, "
+            f"seeds {', '.join(str(p.cfg.verify.seeds) for p in pts)})")  # fmt: skip
+    s = sweep.run_sweep(pts, store, claims, progress=False, log=log if progress else _quiet,
+                        **executor)  # fmt: skip
+    if s.failed:
+        raise sweep.PointsFailed(_failures(store, pts))
     rep = from_store(store, pts, family)
     rep["timing"]["total"] = round(time.perf_counter() - t0, 3)
     return rep
@@ -151,6 +155,20 @@ def from_store(store: str | Path, pts: Sequence[sweep.Point], family: str) -> di
         "timing": {"points": round(float(sum(r["point_seconds"] for r in rows)), 3)},
     })  # fmt: skip
     return rep
+
+
+def _failures(store: str | Path, pts: Sequence[sweep.Point]) -> str:
+    """Which k failed, each with the last line of its error, and what to do."""
+    from mvsim.store import read_failures
+
+    df = read_failures(store)
+    error = dict(zip(df["config_hash"], df["error"], strict=True))
+    failed = [f"k = {p.cfg.data.k}: {error[p.hash].strip().splitlines()[-1]}" for p in pts
+              if p.hash in error]  # fmt: skip
+    return (
+        f"{'; '.join(failed)} (stored as failed in {store}, beside the k that finished); "
+        "rerun the same command to retry"
+    )
 
 
 # --- one k ------------------------------------------------------------------------------
