@@ -172,11 +172,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     mod = experiments.module(args.name)
     preset = args.preset or experiments.DEFAULT_PRESET[args.name]
     overrides = overrides_of(args)
-    for flag in ("family", "claims"):
-        if getattr(args, flag) is not None and args.name != "k-scaling":
-            raise ConfigError(f"--{flag}", getattr(args, flag), "applies to k-scaling only")
+    for flag, names in (("family", ("k-scaling",)), ("claims", ("k-scaling", "race")),
+                        ("levers", ("race",))):  # fmt: skip
+        if getattr(args, flag) and args.name not in names:
+            raise ConfigError(
+                f"--{flag}", getattr(args, flag), f"applies to {' and '.join(names)} only"
+            )
     if args.name == "k-scaling":
         rep = _k_scaling(args, mod, overrides)
+    elif args.name == "race":
+        rep = _race(args, mod, preset, overrides)
     elif args.name == "theory-scaling":
         rep = mod.run(_ks(args, mod), preset, overrides, progress=not args.no_progress)
     else:
@@ -223,6 +228,22 @@ def _k_scaling(args: argparse.Namespace, mod: Any, overrides: dict[str, Any]) ->
     # run() builds and validates every point before it trains anything.
     return mod.run(_ks(args, mod), family, overrides, store=args.store, claims=claims,
                    progress=not args.no_progress)  # fmt: skip
+
+
+def _race(args: argparse.Namespace, mod: Any, preset: str, overrides: dict[str, Any]) -> dict:
+    """The race lever map: its points go to the store (``--store``, else OUT/store.sqlite),
+    which a rerun of the same command resumes from."""
+    if not args.store and not args.out:
+        raise ConfigError("--store", None, "the race map keeps its points in a store: give "
+                          "--store F.sqlite or --out DIR")  # fmt: skip
+    args.store = args.store or str(Path(args.out) / "store.sqlite")
+    from mvsim import sweep
+
+    claims = sweep.check_claims(args.claims.split(",")) if args.claims else None
+    levers = mod.parse_levers(args.levers)
+    # run() builds and validates every point before it trains anything.
+    return mod.run(levers, overrides, store=args.store, claims=claims, preset=preset,
+                   checks=not args.no_checks)  # fmt: skip
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
@@ -354,10 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
     p.add_argument("name", choices=("dropping", "gaussian", "learners", "theory-scaling",
-                                    "k-scaling"))  # fmt: skip
+                                    "k-scaling", "race"))  # fmt: skip
     p.add_argument("--preset", default=None,
                    help="preset (default: demo; theory for theory-scaling)")  # fmt: skip
-    p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all)")
+    p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all); "
+                   "race: claims beyond single (default: single)")  # fmt: skip
+    p.add_argument("--levers", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="race: a lever and its values (repeatable; NAME= alone: its default "
+                   "range; none: every lever, mvsim.experiments.race.LEVERS)")  # fmt: skip
+    p.add_argument("--no-checks", action="store_true",
+                   help="race: skip the tighter-tolerance reruns of each lever's ends")  # fmt: skip
     p.add_argument("--family", default=None,
                    help="k-scaling: the preset family swept over k (demo, demo-logm, "
                    "demo-theory; default demo)")  # fmt: skip
@@ -370,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     _learner_arg(p)
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--store", help="also store the result rows in this SQLite store "
-                   "(mvsim.store.read_experiments reads them back); k-scaling keeps its "
-                   "points there and resumes from it (default: OUT/store.sqlite)")  # fmt: skip
+                   "(mvsim.store.read_experiments reads them back); k-scaling and race keep "
+                   "their points there and resume from it (default: OUT/store.sqlite)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_experiment)
 
