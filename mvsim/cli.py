@@ -246,6 +246,25 @@ def _race(args: argparse.Namespace, mod: Any, preset: str, overrides: dict[str, 
                    checks=not args.no_checks)  # fmt: skip
 
 
+def cmd_race_model(args: argparse.Namespace) -> int:
+    """``mvsim race-model``: the reduced race model's prediction for a config, without
+    training the network (:mod:`mvsim.race_model`)."""
+    from mvsim import race_model
+
+    if args.validate:
+        from mvsim import race_validation
+
+        rows = race_validation.run(args.validate, args.out or "race-validation.jsonl")
+        print(race_validation.table(rows))
+        return 0
+    cfg = resolve(args)
+    race_model.check(cfg)
+    res = race_model.predict(cfg, law=args.law, seed=args.law_seed)
+    rep = race_model.report(cfg, res)
+    print(json.dumps(rep) if args.json else race_model.text(rep))
+    return 0
+
+
 def cmd_plot_report(args: argparse.Namespace) -> int:
     """``mvsim plot-report``: redraw every figure a saved report.json has the data for,
     and its report.html, from the JSON alone."""
@@ -372,6 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("race-model", help="the reduced race model's prediction for a config "
+                       "(two-view fraction, r50, race curve), without training")  # fmt: skip
+    _config_args(p)
+    p.add_argument("--seeds", type=int, help="models whose races are integrated (default: the "
+                   "preset's seeds)")  # fmt: skip
+    p.add_argument("--law", action="store_true", help="draw the inits from the init law "
+                   "instead of taking the full run's own (verify's init stream)")  # fmt: skip
+    p.add_argument("--law-seed", type=int, default=0, help="key of the --law draws")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.add_argument("--validate", nargs="+", metavar="STORE",
+                   help="instead: compare the model with every point of these sweep "
+                   "stores (resumable; rows: --out)")  # fmt: skip
+    p.add_argument("--out", help="--validate: the JSON-lines file of its rows "
+                   "(default race-validation.jsonl)")  # fmt: skip
+    p.set_defaults(fn=cmd_race_model)
 
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
     p.add_argument("name", choices=("dropping", "gaussian", "learners", "theory-scaling",

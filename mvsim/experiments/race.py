@@ -107,6 +107,18 @@ LEVERS: dict[str, Lever] = {lv.name: lv for lv in (
 TIGHTENED: dict[str, tuple] = {}
 
 
+# Lever values at which fewer than 3/4 of the seeds fitted their training set within the
+# budget rule's T in the committed run (the race would be read off a few seeds): their map
+# points run with T multiplied by this factor. T only caps the flow, so the seeds that
+# fitted before are the same runs; the others get the time their memorisation needs.
+EXTENDED_T: dict[str, dict[Any, int]] = {
+    "own_z": {(2.0, 2.0): 4},
+    "sigma_p": {0.0: 4, 0.05 / _ROOT200: 4},
+    "noisy_z_multi": {(0.05, 0.1): 4},
+    "varrho": {4.0: 4},
+}
+
+
 @dataclass(frozen=True)
 class RacePoint:
     """One point of the map: a lever at one value (``kind`` 'map'), or the same point's
@@ -242,9 +254,13 @@ def _point(lv, value, kind, base, preset, overrides, claims) -> RacePoint:
     o = {**_defaults(base, overrides), **lv.overrides(value, base)}
     try:
         cfg = make_config(preset, o)
+        if cfg.model.q < 2:
+            raise ConfigError("q", cfg.model.q, "the race needs q ≥ 2: a polynomial regime "
+                              "in which a head start compounds")  # fmt: skip
         if "T" not in overrides:
             ref = make_config(preset, _defaults(base, overrides))
             scale = max(1.0, budget_steps(cfg) / budget_steps(ref))
+            scale *= EXTENDED_T.get(lv.name, {}).get(value, 1)
             o["T"] = max(cfg.train.T, math.ceil(ref.train.T * scale))
         tight = (value in TIGHTENED.get(lv.name, ())) + (kind == "check")
         if tight:
@@ -284,7 +300,10 @@ def run(
     conn = st.connect(store)
     try:
         done = st.stored_claims(conn)
-        todo = _unique([rp for rp in sorted(pts, key=lambda p: p.kind != "map")
+        # Map points before checks, each in order of its budget (a proxy for its cost): a
+        # long plateau (q = 8, small σ_0) does not hold up the rest of the map.
+        order = lambda p: (p.kind != "map", p.point.cfg.train.T)
+        todo = _unique([rp for rp in sorted(pts, key=order)
                         if not set(ids) <= done.get(rp.point.hash, set())])  # fmt: skip
         env = sweep._env()
         for j, rp in enumerate(todo):
@@ -334,6 +353,7 @@ def from_store(store: str | Path, pts: Sequence[RacePoint], preset: str = "demo"
         "rows": maps,
         "checks": checks,
         "ranking": ranking(maps),
+        "law": law_curve(maps),
         "tightened": {k: [_jsonable(v) for v in vs] for k, vs in TIGHTENED.items()},
         "timing": {"points": round(float(sum(r["point_seconds"] for r in rows)), 3)},
     })  # fmt: skip
@@ -367,7 +387,8 @@ def point_row(rp: RacePoint, sel: Any) -> dict[str, Any]:
     row.update(view_fractions(views[fit]))
     init = np.asarray(mech["init_alignment"], float)
     row.update(race(init[fit], two[fit], cfg.model.m))
-    row.update(escape_spread(np.asarray(mech["escape_steps"], float)[fit]))
+    if fit.any():  # no fitted seed: no race statistics (the row says so in fitted_share)
+        row.update(escape_spread(np.asarray(mech["escape_steps"], float)[fit]))
     row.update(_claim_numbers(single))
     row.update(race_numbers(mech["race"], views, fit, cfg))
     return row
@@ -495,7 +516,7 @@ def table(rep: dict[str, Any]) -> str:
             f"{r['frac_one_view']:.2f}/{r['frac_two_view']:.2f}/{r['frac_no_view']:.2f}",
             fmt_ci(r["frac_two_view"], r["frac_two_view_lo"], r["frac_two_view_hi"]),
             fmt_ci(r["r50"], r["r50_lo"], r["r50_hi"], 2), f"{r['error_over_mu']:.3f}",
-            f"{r['e_multi']:.4f}", f"{r['escape_q50']:.0f}",
+            f"{r['e_multi']:.4f}", f"{r.get('escape_q50', math.nan):.0f}",
             f"{r['loser_at_escape_one']:.3f}/{r['loser_at_escape_two']:.3f}",
             f"{r['push_over_need_one']:.2f}/{r['push_over_need_two']:.2f}",
             f"{r['memorised_last']:.0f}", f"{r['point_seconds']:.0f}",
@@ -506,7 +527,7 @@ def table(rep: dict[str, Any]) -> str:
                "views; push/need: the loser's push after the escape over the push the "
                "tensor-power law says it needs; fit step: median over seeds of the step at "
                "which the last single-view point was fitted")  # fmt: skip
-    out += _check_lines(rep["checks"]) + _ranking_lines(rep["ranking"])
+    out += _check_lines(rep["checks"]) + _ranking_lines(rep["ranking"]) + _law_lines(rep["law"])
     out.append(f"timing (s): points {rep['timing']['points']:.1f}")
     return "\n".join(out)
 
@@ -541,14 +562,22 @@ def _ranking_lines(rank: Sequence[Mapping[str, Any]]) -> list[str]:
             "log₂ of the value; values > 0):", *text_table(head, body)]  # fmt: skip
 
 
+def _law_lines(law: Sequence[Mapping[str, Any]]) -> list[str]:
+    cells = [f"[{c['lo']:g}, {c['hi']:g}): {c['classes']} classes, "
+             + ("—" if not c["classes"] else f"{c['frac_two']:.2f}") for c in law]  # fmt: skip
+    return ["", "the race law: two-view fraction by the loser's push / need (every class of "
+            "every map point): " + "; ".join(cells)]  # fmt: skip
+
+
 def figure(rep: dict[str, Any], out: Path) -> list[str]:
-    """Three figures: the two-view fraction and r₅₀ against each lever, and each lever's
-    race curves overlaid."""
+    """Four figures: the two-view fraction and r₅₀ against each lever, each lever's race
+    curves overlaid, and the race law (two-view fraction against the loser's push over
+    its need, every class of every point)."""
     from mvsim.plots import _save
 
     paths = []
     for name, draw in (("race_levers_two_view", draw_two_view), ("race_levers_r50", draw_r50),
-                       ("race_levers_curves", draw_curves)):  # fmt: skip
+                       ("race_levers_curves", draw_curves), ("race_law", draw_law)):  # fmt: skip
         paths += _save(draw(rep), out, name)
     return paths
 
@@ -631,4 +660,46 @@ def draw_curves(rep: dict[str, Any]):
         ax.title.set_size(8)
         ax.legend(fontsize=5)
     fig.tight_layout()
+    return fig
+
+
+LAW_BINS = (0.0, 0.03, 0.1, 0.3, 0.6, 1.0, 1.7, 3.0, 10.0, math.inf)
+
+
+def law_curve(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The two-view fraction per bin of push/need over the classes of ``rows`` (fitted
+    seeds, classes whose winner escaped): the tensor-power law says a loser escapes once
+    its push reaches its need, so the fraction should step from 0 to 1 at a ratio of 1."""
+    from mvsim.experiments import rate_ci
+
+    ratio = np.concatenate([np.ravel(r["race"]["push_over_need"]) for r in rows])
+    two = np.concatenate([np.ravel(r["race"]["two"]) for r in rows]).astype(bool)
+    ok = np.isfinite(ratio)
+    out = []
+    for lo, hi in zip(LAW_BINS[:-1], LAW_BINS[1:], strict=True):
+        sel = ok & (ratio >= lo) & (ratio < hi)
+        rate, clo, chi = rate_ci(int(two[sel].sum()), int(sel.sum()))
+        out.append({"lo": lo, "hi": hi, "classes": int(sel.sum()), "frac_two": rate,
+                    "ci_lo": clo, "ci_hi": chi})  # fmt: skip
+    return out
+
+
+def draw_law(rep: dict[str, Any]):
+    from mvsim.plots import PALETTE, _plt
+
+    fig, ax = _plt().subplots(figsize=(5.2, 3.6))
+    curve = law_curve(rep["rows"])
+    mid = [math.sqrt(max(c["lo"], 0.01) * min(c["hi"], 30.0)) for c in curve]
+    v = np.array([c["frac_two"] for c in curve], float)
+    lo, hi = (np.nan_to_num(np.array([c[k] for c in curve], float), nan=0.0)
+              for k in ("ci_lo", "ci_hi"))  # fmt: skip
+    ax.errorbar(mid, v, yerr=[np.nan_to_num(v - lo), np.nan_to_num(hi - v)], fmt="o-",
+                color=PALETTE[0], capsize=3, ms=4)  # fmt: skip
+    for c, x in zip(curve, mid, strict=True):
+        ax.annotate(str(c["classes"]), (x, 0.02), fontsize=6, ha="center")
+    ax.axvline(1.0, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="loser's push after the escape / push it needed (tensor-power law)",
+           ylabel="two-view fraction", ylim=(-0.03, 1.03),
+           title="the race law, every class of every lever point")  # fmt: skip
     return fig
