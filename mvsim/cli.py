@@ -173,11 +173,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     preset = args.preset or experiments.DEFAULT_PRESET[args.name]
     overrides = overrides_of(args)
     for flag, names in (("family", ("k-scaling",)), ("claims", ("k-scaling", "race")),
-                        ("levers", ("race",))):  # fmt: skip
+                        ("levers", ("race",)), ("report_only", ("race",))):  # fmt: skip
         if getattr(args, flag) and args.name not in names:
-            raise ConfigError(
-                f"--{flag}", getattr(args, flag), f"applies to {' and '.join(names)} only"
-            )
+            where = " and ".join(names)
+            raise ConfigError("--" + flag.replace("_", "-"), getattr(args, flag),
+                              f"applies to {where} only")  # fmt: skip
     if args.name == "k-scaling":
         rep = _k_scaling(args, mod, overrides)
     elif args.name == "race":
@@ -243,7 +243,7 @@ def _race(args: argparse.Namespace, mod: Any, preset: str, overrides: dict[str, 
     levers = mod.parse_levers(args.levers)
     # run() builds and validates every point before it trains anything.
     return mod.run(levers, overrides, store=args.store, claims=claims, preset=preset,
-                   checks=not args.no_checks)  # fmt: skip
+                   checks=not args.no_checks, train=not args.report_only)  # fmt: skip
 
 
 def cmd_race_model(args: argparse.Namespace) -> int:
@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "range; none: every lever, mvsim.experiments.race.LEVERS)")  # fmt: skip
     p.add_argument("--no-checks", action="store_true",
                    help="race: skip the tighter-tolerance reruns of each lever's ends")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="race: train nothing; the report from what the store holds, listing "
+                   "the points it lacks as not run")  # fmt: skip
     p.add_argument("--family", default=None,
                    help="k-scaling: the preset family swept over k (demo, demo-logm, "
                    "demo-theory; default demo)")  # fmt: skip

@@ -286,11 +286,13 @@ def run(
     claims: Sequence[str] | None = None,
     preset: str = "demo",
     checks: bool = True,
+    train: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every point not yet in ``store`` (map points first, lever by lever, then the
     tolerance checks), each stored when it finishes, saying which on ``log``; then the
-    report from the store."""
+    report from the store. ``train=False`` trains nothing: the report is what the store
+    holds, and the points it lacks are listed as not run (``rep["not_run"]``)."""
     from mvsim import race_probe
     from mvsim import store as st
 
@@ -305,6 +307,8 @@ def run(
         order = lambda p: (p.kind != "map", p.point.cfg.train.T)
         todo = _unique([rp for rp in sorted(pts, key=order)
                         if not set(ids) <= done.get(rp.point.hash, set())])  # fmt: skip
+        if not train:
+            todo = []
         env = sweep._env()
         for j, rp in enumerate(todo):
             log(f"race: {j + 1}/{len(todo)} {rp.kind} {rp.lever} = {rp.value!r} "
@@ -316,7 +320,7 @@ def run(
                            env=env, peak_rss_bytes=out["peak_rss_bytes"])  # fmt: skip
     finally:
         conn.close()
-    rep = from_store(store, pts, preset)
+    rep = from_store(store, pts, preset, missing_ok=not train)
     rep["timing"]["total"] = round(time.perf_counter() - t0, 3)
     return rep
 
@@ -330,14 +334,21 @@ def _unique(pts: list[RacePoint]) -> list[RacePoint]:
 # --- the report ------------------------------------------------------------------------------
 
 
-def from_store(store: str | Path, pts: Sequence[RacePoint], preset: str = "demo") -> dict[str, Any]:
-    """The report of ``pts`` from what ``store`` holds for them alone."""
+def from_store(
+    store: str | Path, pts: Sequence[RacePoint], preset: str = "demo", missing_ok: bool = False
+) -> dict[str, Any]:
+    """The report of ``pts`` from what ``store`` holds for them alone (with ``missing_ok``,
+    the points it lacks are listed under "not_run" instead of being an error)."""
     from mvsim.store import read_results
 
     df = read_results(store)
-    rows = []
+    rows, not_run = [], []
     for rp in pts:
         sel = df[df["config_hash"] == rp.point.hash]
+        if sel.empty and missing_ok:
+            not_run.append({"lever": rp.lever, "value": _jsonable(rp.value), "kind": rp.kind,
+                            "T": rp.point.cfg.train.T})  # fmt: skip
+            continue
         if sel.empty:
             raise ValueError(f"{store} holds no results for {rp.kind} {rp.lever} = {rp.value!r}")
         rows.append(point_row(rp, sel))
@@ -355,6 +366,7 @@ def from_store(store: str | Path, pts: Sequence[RacePoint], preset: str = "demo"
         "ranking": ranking(maps),
         "law": law_curve(maps),
         "tightened": {k: [_jsonable(v) for v in vs] for k, vs in TIGHTENED.items()},
+        "not_run": not_run,
         "timing": {"points": round(float(sum(r["point_seconds"] for r in rows)), 3)},
     })  # fmt: skip
     return rep
@@ -528,6 +540,10 @@ def table(rep: dict[str, Any]) -> str:
                "tensor-power law says it needs; fit step: median over seeds of the step at "
                "which the last single-view point was fitted")  # fmt: skip
     out += _check_lines(rep["checks"]) + _ranking_lines(rep["ranking"]) + _law_lines(rep["law"])
+    if rep.get("not_run"):
+        out.append("\nnot run (the store holds no result): " + "; ".join(
+            f"{r['kind']} {r['lever']} = {_fmt_value(r['value'])} (T = {r['T']})"
+            for r in rep["not_run"]))  # fmt: skip
     out.append(f"timing (s): points {rep['timing']['points']:.1f}")
     return "\n".join(out)
 
