@@ -151,3 +151,28 @@ def test_probe_statistics_follow_the_tensor_power_law():
     assert out["push_multi"][0][0] == pytest.approx(5.0)
     assert out["push_single"][0][0] == pytest.approx(5.0)
     assert out["memorised_step"] == [[20]]
+
+
+def test_report_only_trains_nothing_and_lists_what_is_not_run(tmp_path, monkeypatch):
+    """--report-only on a store that lacks a point reports it as not run (no training);
+    once the point is stored, the same call reads its row back."""
+    store = tmp_path / "race.sqlite"
+
+    def boom(*a, **k):
+        raise AssertionError("--report-only trained a point")
+
+    monkeypatch.setattr(race_probe, "run_point", boom)
+    kw = dict(store=store, preset="tiny", checks=False, log=lambda s: None)
+    empty = race.run({"m": (2,)}, TINY, train=False, **kw)
+    assert empty["rows"] == [] and [r["lever"] for r in empty["not_run"]] == ["m"]
+    assert "not run" in race.table(empty)
+    monkeypatch.setattr(race_probe, "run_point", lambda c, i: json.loads(FIXTURE.read_text()))
+    race.run({"m": (2,)}, TINY, **kw)
+    monkeypatch.setattr(race_probe, "run_point", boom)
+    full = race.run({"m": (2,)}, TINY, train=False, **kw)
+    assert full["not_run"] == [] and len(full["rows"]) == 1
+
+
+def test_cli_report_only_is_for_race_only(capsys):
+    assert cli.main(["experiment", "dropping", "--preset", "tiny", "--report-only"]) == 2
+    assert "--report-only" in capsys.readouterr().err

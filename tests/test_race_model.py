@@ -58,15 +58,18 @@ def test_configs_outside_the_derivation_are_rejected_naming_the_field(field, val
 def test_race_model_json_prints_the_fields(capsys):
     """`mvsim race-model --json`: the prediction (two-view fraction, r₅₀, race curve), the
     init draws it used, and the seconds, for a config resolved like verify's."""
-    argv = ["race-model", "--preset", "tiny", "--seeds", "2", "--set", "T=600", "--json"]
+    # The race map's tiny point (m = 2, 64 records): the test below integrates the same
+    # shapes, so the two share one compilation (18 s of the 18.5 s each takes alone).
+    argv = ["race-model", "--preset", "tiny", "--seeds", "2", "--set", "m=2", "--set", "n_log=64",
+            "--json"]  # fmt: skip
     assert cli.main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
     for key in ("two_view_fraction", "two_view_ci", "one_view_fraction", "no_view_fraction",
                 "r50", "r50_ci", "race_curve", "init", "init_seed", "init_ratio", "seeds",
                 "seeds_fitted", "views_learned", "stop_step", "seconds", "config"):  # fmt: skip
         assert key in rep, key
-    assert rep["init"] == "actual" and rep["seeds"] == 2 and rep["config"]["train"]["T"] == 600
-    assert len(rep["init_ratio"]) == 2 and len(rep["init_ratio"][0]) == 4
+    assert rep["init"] == "actual" and rep["seeds"] == 2 and rep["config"]["model"]["m"] == 2
+    assert len(rep["init_ratio"]) == 2 and len(rep["init_ratio"][0]) == 4  # seeds × k
     assert sum(c["classes"] for c in rep["race_curve"]) == 4 * rep["seeds_fitted"]
 
 
@@ -84,3 +87,29 @@ def test_reduced_model_on_tiny_predicts_the_full_runs_classes():
     agree = (np.asarray(res["views"]) == full).all(-1)
     assert agree.mean() >= 11 / 12
     assert (np.asarray(res["fitted"]) == (m.groups["single"].train_accuracy >= 1)).all()
+
+
+# At most one of the tiny point's 8 classes may end differently: the validation against
+# the demo's full runs (docs/race.md §4) agrees on 0.89–0.99 of classes where the race is
+# close, so one miss in 8 is within what the model is shown to do.
+AGREE = 7 / 8
+
+
+def test_reduced_model_on_tiny_against_a_recorded_full_run():
+    """The reduced model from the full run's own inits, on the race map's tiny point
+    (m = 2, 2 seeds × 4 classes) recorded in tests/data/race_point_tiny.json: the same
+    classes learn one view or two (the slow test above trains the full run itself)."""
+    from pathlib import Path
+
+    from mvsim.experiments import race
+
+    fixture = Path(__file__).parent / "data" / "race_point_tiny.json"
+    full = json.loads(fixture.read_text())
+    tiny = {"seeds": 2, "n_test_multi": 200, "n_test_single": 200}
+    (pt,) = race.points({"m": (2,)}, tiny, preset="tiny", checks=False)
+    res = race_model.predict(pt.point.cfg)
+    views = np.asarray(full["mechanism"]["views"]["single"], bool)
+    (single,) = [c for c in full["claims"] if c["id"] == "single"]
+    fitted = [r["train_accuracy"] >= 1 for r in single["per_model"]]
+    assert (np.asarray(res["views"]) == views).all(-1).mean() >= AGREE
+    assert np.asarray(res["fitted"]).tolist() == fitted

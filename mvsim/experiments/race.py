@@ -81,7 +81,7 @@ LEVERS: dict[str, Lever] = {lv.name: lv for lv in (
           "the init scale against ϱ and against the noise the memorisation grows"),
     Lever("sigma_p", tuple(v / _ROOT200 for v in (0.0, 0.05, 0.1, 0.2, 0.4)),
           "σ_p√d (noise norm on feature patches)", "the noise on the views' own patches"),
-    Lever("sigma_n", tuple(v / _ROOT200 for v in (0.3, 0.6, 1.2, 2.4)),
+    Lever("sigma_n", tuple(v / _ROOT200 for v in (0.3, 0.6, 1.2, 1.5, 2.4)),
           "σ_n√d (noise norm on noise-only patches)",
           "how fast memorisation fits the single-view points"),
     Lever("single_per_view", (1, 2, 4, 8, 16), "single-view points per (class, view)",
@@ -688,8 +688,8 @@ def law_curve(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     its push reaches its need, so the fraction should step from 0 to 1 at a ratio of 1."""
     from mvsim.experiments import rate_ci
 
-    ratio = np.concatenate([np.ravel(r["race"]["push_over_need"]) for r in rows])
-    two = np.concatenate([np.ravel(r["race"]["two"]) for r in rows]).astype(bool)
+    ratio = np.concatenate([[], *(np.ravel(r["race"]["push_over_need"]) for r in rows)])
+    two = np.concatenate([[], *(np.ravel(r["race"]["two"]) for r in rows)]).astype(bool)
     ok = np.isfinite(ratio)
     out = []
     for lo, hi in zip(LAW_BINS[:-1], LAW_BINS[1:], strict=True):
