@@ -89,7 +89,8 @@ def run(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     teachers, st_inits = verify.student_setup(logits, inits, KD.kd_students)
     rep["students"] = _stage("students", lambda integ: train.train(
         None, net, ts.x, ts.y, V, tc(integ), init_params=st_inits,
-        objective=distill.objective(KD), teacher_logits=teachers, T=KD.kd_T, stop=KD.kd_stop,
+        objective=distill.objective(KD), teacher_logits=teachers, T=verify.student_steps(cfg),
+        stop=KD.kd_stop,
     ), views)  # fmt: skip
     avg_net = model.averaged(M, D.k, D.d, KD.avg_members)
     mult = KD.avg_members if KD.avg_eta_mult is None else KD.avg_eta_mult

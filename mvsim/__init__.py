@@ -57,13 +57,15 @@ from mvsim.verify import Measurements, run, run_many
 
 
 def neural_tangents() -> _types.ModuleType:
-    """The ``neural_tangents`` module, importable on current JAX.
+    """The ``neural_tangents`` module, whole on current JAX.
 
     A plain ``import neural_tangents`` fails there (on TensorFlow and on JAX names it
-    imports that JAX has since moved); this applies :mod:`mvsim._nt_compat`, the one
-    place that restores them, and returns the module. Afterwards ``import
-    neural_tangents`` returns the same module. Raises ImportError, with the install
-    command, when neural-tangents is not installed.
+    imports that JAX has since moved), and parts of it broke on JAX's internals; this
+    applies :mod:`mvsim._nt_compat`, the one place that patches, and returns the module:
+    its API but the TensorFlow-only ``experimental`` (docs/ntk.md, "neural-tangents on
+    current JAX"). Afterwards ``import neural_tangents`` returns the same module. Raises
+    ImportError, with the install command, when neural-tangents is not installed, and on
+    a JAX older than the patches follow.
     """
     from mvsim._nt_compat import import_neural_tangents
 

@@ -20,6 +20,12 @@ Rules, beyond the level:
   verdict with a mechanism verdict: each student's single-view error must be
   significantly below that of its *control* (the same init taught by its own-init twin),
   by an exact paired CI (:func:`mvsim.stats.paired_diff_ci`).
+- **Two readings.** The verdict above reads the final models (the end point). Where the
+  models' error curves were recorded, each claim is also read over the horizon
+  (:mod:`mvsim.trajectory`: "at level for ≥ 90% of t ≤ T", time to level), the
+  distillation claims' mechanism as time (students reach the level sooner than their
+  controls, paired), and the report says in words where the two readings disagree and
+  where the end point depends on the cap.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mvsim import mechanism as mech
+from mvsim import trajectory as traj
 from mvsim.stats import Estimate, Verdict, combine_verdicts, paired_diff_ci, verdict
 from mvsim.verify import Group, Measurements
 
@@ -51,6 +58,8 @@ class ClaimResult:
     per_model: list[dict[str, Any]] = field(default_factory=list)
     finite_k_prediction: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The trajectory reading (None without error curves): see :func:`_trajectory`.
+    trajectory: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The claim's entry in report.json (``claims[i]``): JSON types only."""
@@ -74,6 +83,7 @@ class ClaimResult:
             "finite_k_prediction": self.finite_k_prediction,
             "per_model": self.per_model,
             **self.extra,
+            **({"trajectory": self.trajectory} if self.trajectory is not None else {}),
         }
 
 
@@ -179,20 +189,25 @@ def _level(claim: Claim, g: Group, mu: float) -> tuple[list[dict], Verdict, str]
     return rows, v, reason
 
 
+def _teacher_views(m: Measurements, name: str, j: int) -> np.ndarray:
+    """(k, 2) the views of student j's teacher: the other singles' union (kd), single j+1
+    (self-distillation), single j itself (control)."""
+    single = m.groups["single"].views
+    if name == "kd":
+        return np.delete(single, j, axis=0).any(0)
+    if name == "self_distillation":
+        return single[(j + 1) % single.shape[0]]
+    return single[j]
+
+
 def _view_gains(m: Measurements, name: str) -> list[dict[str, int]]:
     """Views each student learned beyond its own lottery (the single from its init)."""
     single = m.groups["single"].views
-    K = single.shape[0]
     g = m.groups[name]
     out = []
     for j in range(g.views.shape[0]):
         own = single[j]
-        if name == "kd":
-            teacher = np.delete(single, j, axis=0).any(0)
-        elif name == "self_distillation":
-            teacher = single[(j + 1) % K]
-        else:
-            teacher = single[j]
+        teacher = _teacher_views(m, name, j)
         gained = g.views[j] & ~own
         out.append(
             {
@@ -341,6 +356,113 @@ CLAIMS: list[Claim] = [
 ]
 
 
+# --- the trajectory reading ---------------------------------------------------------------
+
+
+def _trajectory(claim: Claim, m: Measurements, res: ClaimResult) -> dict[str, Any] | None:
+    """The claim read over the horizon (:func:`mvsim.trajectory.reading`), with where the
+    end point depends on the cap, the distillation claims' mechanism in time, and the two
+    readings compared in words. None where the claim's models have no error curve."""
+    g = m.groups.get(claim.id)
+    if g is None or g.curve is None:
+        return None
+    mu = m.cfg.data.mu
+    out = traj.reading(g.curve, claim.lo, claim.hi, mu)
+    out["level_verdict"] = out["verdict"]
+    out["end_point_cap_dependent"] = traj.cap_dependence(g.curve, claim.lo, claim.hi, mu)
+    control = m.groups.get("control")
+    if claim.id in ("kd", "self_distillation") and control is not None and control.curve:
+        out["mechanism"] = _mechanism_in_time(claim, m)
+        out["lead_changes"] = traj.lead_changes(g.curve, control.curve, mu)
+        both = [Verdict[out["level_verdict"]], Verdict[out["mechanism"]["verdict"]]]
+        out["verdict"] = combine_verdicts(both).name
+    out["readings"] = readings_in_words(res.verdict.name, out, res.extra.get("versus_control"))
+    return out
+
+
+def _mechanism_in_time(claim: Claim, m: Measurements) -> dict[str, Any]:
+    """Students against their controls in time: paired times to the claim's level (and,
+    for self-distillation, to the single's level), the areas between their curves, and
+    when the views gained from the teacher reach ϱ against the control's same views."""
+    mu = m.cfg.data.mu
+    s, c = m.groups[claim.id].curve, m.groups["control"].curve
+    assert claim.hi is not None  # the distillation claims are upper bounds
+    levels = [claim.hi] + ([_CLAIM["single"].hi] if claim.id == "self_distillation" else [])
+    times = {f"{lv:g}": traj.paired_times(s, c, lv, mu) for lv in levels if lv is not None}
+    main = times[f"{claim.hi:g}"]
+    return {"verdict": main["verdict"], "level": claim.hi, "reason": main["reason"],
+            "times": times, "areas": traj.areas(s, c, mu),
+            "views": _views_in_time(m, claim.id)}  # fmt: skip
+
+
+def _views_in_time(m: Measurements, name: str) -> dict[str, Any]:
+    """When each view a student gained from its teacher first reaches ϱ (Λ; from behaviour,
+    its accuracy reaches view_accuracy, for a learner without Λ), and when the control's
+    same view does."""
+    g, ctrl = m.groups[name], m.groups["control"]
+    own = m.groups["single"].views
+    gained = np.stack([g.views[j] & ~own[j] & _teacher_views(m, name, j)
+                       for j in range(g.views.shape[0])])  # fmt: skip
+    H = min(g.curve["horizon"], ctrl.curve["horizon"])
+    if m.view_analysis == "weights" and "alignment" in g.curve:
+        thr, how = m.cfg.model.varrho, "Λ reaches ϱ"
+        strength = lambda c: c["alignment"]
+    else:
+        thr = m.cfg.verify.view_accuracy
+        how = f"accuracy ≥ {thr:g} on the view's single-view curve points"
+        strength = lambda c: c["view_correct"] / np.maximum(c["view_total"], 1)
+    at = lambda grp: traj.view_times(grp.curve["steps"], H, strength(grp.curve), thr)
+    return {"reading": how, **traj.gained_view_times(gained, at(g), at(ctrl))}
+
+
+def readings_in_words(end: str, t: dict[str, Any], versus_control: list[dict] | None = None) -> str:
+    """The two readings of a claim side by side, in words: agreement, or why they differ,
+    and where the end point depends on the cap."""
+    H = t["horizon"]
+    lo, hi = t["fraction_at_level"]
+    ttl = t["time_to_level"]
+    when = (f"reached at t ≈ {ttl['mean']:,.0f}" if ttl["mean"] is not None
+            else f"{ttl['reached']}/{ttl['models']} models reach it within t ≤ {H:,}")  # fmt: skip
+    share = f"at level for {lo:.0%}–{hi:.0%} of t ≤ {H:,} ({when})"
+    if end == t["verdict"]:
+        words = [f"both readings {end}: {share}"]
+    else:
+        words = [f"the readings disagree: end point {end}, trajectory {t['verdict']}: {share}"]
+        if end == "PASS" and t["level_verdict"] == "FAIL":
+            words.append("the final models are at the level but reach it late, so the "
+                         "theorem's 'for ≥ 90% of t ≤ T' fails")  # fmt: skip
+        elif t["level_verdict"] == "INCONCLUSIVE" and hi >= traj.LEVEL_FRACTION:
+            words.append(
+                f"the curve subset ({t['n_multi']:,} + {t['n_single']:,} points) certifies "
+                f"no E/μ below {t['resolution']:.3f}, so the time at a finer level is not "
+                "certain; the end point's full test set is"
+            )
+        elif end == "FAIL" and t["level_verdict"] == "PASS":
+            words.append("at level for most of the run but not at its end")
+    mech = t.get("mechanism")
+    if mech is not None and versus_control:
+        n_end = sum(r["verdict"] == "PASS" for r in versus_control)
+        words.append(f"mechanism: at the end {n_end}/{len(versus_control)} students "
+                     f"significantly better than their control; in time {mech['verdict']} "
+                     f"({mech['reason']})")  # fmt: skip
+    changes = [
+        f"{what} goes from {c['from']} to {c['to']} at t = {c['last_change']:,.0f}"
+        for what, c in (("the level reading", t.get("end_point_cap_dependent")),
+                        ("the students against their controls", t.get("lead_changes")))
+        if c
+    ]  # fmt: skip
+    if changes:
+        B = (t.get("end_point_cap_dependent") or t.get("lead_changes"))["budget"]
+        words.append(
+            f"END POINT CAP-DEPENDENT: within the last half of the budget ({B / 2:,.0f}–"
+            f"{B:,.0f} steps) {' and '.join(changes)}, so a cap there would read otherwise"
+        )
+    return "; ".join(words)
+
+
+_CLAIM: dict[str, Claim] = {c.id: c for c in CLAIMS}
+
+
 def evaluate_all(m: Measurements, ids: list[str] | None = None) -> list[ClaimResult]:
     """Evaluate the registered claims (all, or those in ``ids``) on the measurements.
 
@@ -353,7 +475,13 @@ def evaluate_all(m: Measurements, ids: list[str] | None = None) -> list[ClaimRes
         unknown = sorted(set(ids) - known)
         if unknown:
             raise ValueError(f"unknown claim ids {unknown}; known: {sorted(known)}")
-    return [c.evaluate(c, m) for c in CLAIMS if (ids is None or c.id in ids) and _has(c, m)]
+    out = []
+    for c in CLAIMS:
+        if (ids is None or c.id in ids) and _has(c, m):
+            res = c.evaluate(c, m)
+            res.trajectory = _trajectory(c, m, res)
+            out.append(res)
+    return out
 
 
 def _has(c: Claim, m: Measurements) -> bool:

@@ -133,14 +133,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "taught by the ensemble of the single models",
         )
     t0 = time.perf_counter()
-    m = verify.run(cfg, claims=ids, progress=not args.no_progress)
+    m = verify.run(cfg, claims=ids, progress=_progress(args))
     results = claims.evaluate_all(m, ids)
     extra = {}
     if args.ntk:
         from mvsim import ntk
 
         t = time.perf_counter()
-        extra["ntk"] = ntk.run_ntk(cfg, m)
+        extra["ntk"] = ntk.run_ntk(cfg, m, progress=_progress(args))
         m.timing["ntk"] = time.perf_counter() - t
     m.timing["total"] = time.perf_counter() - t0
     rep = report.build(m, results, extra)
@@ -155,6 +155,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{out / 'figures'} and {html}"
         )
     return _strict_status(args.strict, rep["claims"])
+
+
+def _progress(args: argparse.Namespace) -> bool | str:
+    """Bars (lines when stderr is not a terminal) and a line per stage; --no-progress: the
+    line per stage only (:mod:`mvsim.progress`)."""
+    return "summary" if args.no_progress else True
 
 
 def _strict_status(strict: bool, claim_rows: list[dict]) -> int:
@@ -183,7 +189,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     elif args.name == "race":
         rep = _race(args, mod, preset, overrides)
     elif args.name == "theory-scaling":
-        rep = mod.run(_ks(args, mod), preset, overrides, progress=not args.no_progress)
+        rep = mod.run(_ks(args, mod), preset, overrides, progress=_progress(args))
     else:
         if args.ks:
             raise ConfigError("--ks", args.ks, "applies to theory-scaling and k-scaling only")
@@ -191,7 +197,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         _check_learner(cfg)
         # learners keeps each finished learner under OUT, so a rerun resumes
         done = {"done": Path(args.out) / "finished"} if args.name == "learners" and args.out else {}
-        rep = mod.run(cfg, progress=not args.no_progress, **done)
+        rep = mod.run(cfg, progress=_progress(args), **done)
     print(mod.table(rep))
     if args.out:
         paths = experiments.write(rep, args.out, mod.figure)
@@ -389,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ntk", action="store_true", help="also run the NTK / linearized side")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a claim of the verdict table FAILs")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no bars: one line per stage, with its time")  # fmt: skip
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("race-model", help="the reduced race model's prediction for a config "
@@ -437,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="also store the result rows in this SQLite store "
                    "(mvsim.store.read_experiments reads them back); k-scaling and race keep "
                    "their points there and resume from it (default: OUT/store.sqlite)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no bars: one line per stage, with its time")  # fmt: skip
     p.set_defaults(fn=cmd_experiment)
 
     sub.add_parser(

@@ -418,13 +418,15 @@ class DistillConfig:
     """Keep the hard-label cross-entropy term in the paper's update (recalled, unconfirmed)."""
     kd_alpha: float = 0.5
     """Weight α of the hard-label CE in the Hinton objective."""
-    kd_T: int = 20_000
+    kd_T: int | None = None
     """GD steps for distilled students (the flow: flow time kd_T·η): their cap with
-    ``kd_stop = 'converged'``, their budget with 'none'. The paper's update has no limit to
-    converge to (where a student's truncated p^τ stays below the teacher's, F_i is pushed
-    up at a constant rate for ever), so its students run to this cap; 20,000 is ten
-    times the fixed budget measured before, and by 5,000 the students had stopped
-    changing views (docs/theorems.md, "Distillation to its limit")."""
+    ``kd_stop = 'converged'``, their budget with 'none'. None (the default): the horizon
+    (``horizon``, else T), the end of the time the trajectory reading looks at, so that
+    students train as far as a verdict reads them and no further. The paper's update has
+    no limit to converge to (where a student's truncated p^τ stays below the teacher's,
+    F_i is pushed up at a constant rate for ever), so its students run to this cap, and
+    an end-point verdict read at a cap says where the cap fell (docs/verdicts.md, "Two
+    readings"). A kd_T below the horizon reads the students over [0, kd_T] only."""
     kd_stop: Literal["converged", "none"] = "converged"
     """'converged': a student trains to its limit, until it fits the training set and its
     objective changes by less than ``converge_tol`` per e-fold of time (or kd_T);
@@ -452,7 +454,8 @@ class DistillConfig:
             raise ConfigError("kd_hard_label", self.kd_hard_label, "must be true or false")
         _real("kd_alpha", self.kd_alpha, 0.0, 1.0)
         _real("kd_hinton_tau", self.kd_hinton_tau, 0.0, lo_open=True)
-        _int("kd_T", self.kd_T, 1)
+        if self.kd_T is not None:
+            _int("kd_T", self.kd_T, 1)
         _choice("kd_stop", self.kd_stop, ("converged", "none"))
         _int("kd_students", self.kd_students, 1)
         _int("avg_members", self.avg_members, 1)
@@ -489,6 +492,22 @@ class VerifyConfig:
     seed: int = 0
     """Master seed, split into named streams (data, init, test) so stages never shift
     each other's randomness."""
+    horizon: int | None = None
+    """T of the trajectory reading, in GD-equivalent steps: each claim is also read as
+    "at its level for ≥ 90% of t ≤ horizon" (Theorems 3–4's wording), and its models'
+    test error is recorded over [0, horizon]. None: T, the singles' horizon. It must not
+    exceed T, nor an explicit kd_T (or the ViT's vit_kd_T): the models are read where
+    they were trained. The history's times up to it do not depend on the caps beyond it."""
+    n_curve_multi: int = 8192
+    """Multi-view test points on which every model's error is recorded at every history
+    time (the first points of the multi-view test set; at most n_test_multi). With 0
+    errors its 95% bound is 30·3.7/n_curve_multi ≈ 0.014μ at μ = 1/31: the curve tells a
+    model at the single band (≈ 0.5μ) from one at the 0.001μ level's side of the
+    self-distillation bound, not < 0.001μ itself, which the end point's full test set
+    certifies (docs/verdicts.md)."""
+    n_curve_single: int = 4096
+    """Single-view test points of the error curves (the first points of the single-view
+    test set; at most n_test_single): a 95% CI of about ±0.02 at error 0.5."""
 
     def __post_init__(self) -> None:
         _int("seeds", self.seeds, 1)
@@ -497,6 +516,10 @@ class VerifyConfig:
         _real("view_threshold", self.view_threshold, 0.0, lo_open=True)
         _real("view_accuracy", self.view_accuracy, 0.0, 1.0, lo_open=True)
         _int("seed", self.seed, 0)
+        if self.horizon is not None:
+            _int("horizon", self.horizon, 1)
+        _int("n_curve_multi", self.n_curve_multi, 0)
+        _int("n_curve_single", self.n_curve_single, 1)
 
 
 @dataclass(frozen=True)
@@ -624,6 +647,7 @@ class Config:
                 f"must be ≤ seeds = {self.verify.seeds} (each student reuses a single's init)",
                 involves=("seeds",),
             )
+        self._check_horizon()
         if self.verify.n_test_multi == 0 and self.data.mu < 1:
             raise ConfigError(
                 "n_test_multi",
@@ -631,6 +655,32 @@ class Config:
                 "must be ≥ 1 unless mu = 1 (the multi-view stratum has weight 1−μ)",
                 involves=("mu",),
             )
+
+    def _check_horizon(self) -> None:
+        """A horizon the models are not trained to is an error: beyond the singles' cap T,
+        beyond an explicit students' kd_T, beyond the ViT students' vit_kd_T."""
+        h = self.verify.horizon
+        if h is None:
+            return
+        caps = [("T", self.train.T, "the singles' cap")]
+        if self.distill.kd_T is not None:
+            caps.append(("kd_T", self.distill.kd_T, "the students' cap"))
+        if self.model.learner == "vit":
+            caps.append(("vit_kd_T", self.model.vit_kd_T, "the ViT students' cap"))
+        for name, cap, what in caps:
+            if h > cap:
+                raise ConfigError(
+                    "horizon",
+                    h,
+                    f"must be ≤ {name} = {cap} ({what}): the trajectory reading needs every "
+                    f"model trained to the horizon; lower horizon or raise {name}",
+                    involves=(name,),
+                )
+
+    def horizon_steps(self) -> int:
+        """The horizon of the trajectory reading in GD-equivalent steps: ``horizon``, else
+        T."""
+        return self.train.T if self.verify.horizon is None else self.verify.horizon
 
     def to_dict(self) -> dict[str, Any]:
         """Nested ``{"preset": ..., section: {field: value}}`` (tuples stay tuples)."""

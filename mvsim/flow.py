@@ -18,7 +18,7 @@ slowest differs (measured: 2.5× the wall time with 45 intervals).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import diffrax as dfx
 import jax
@@ -54,6 +54,8 @@ class Solved(NamedTuple):
     loss: jax.Array  # (L,) objective at the recorded steps (inf past the stop)
     accuracy: jax.Array  # (L,)
     alignment: jax.Array  # (L, ..., k, 2)
+    history: Params  # (L, ...) the weights at the recorded steps (inf past the stop)
+    saved: Any = None  # (L, ...) save_fn of the weights there, when solve was given one
 
 
 class _StopBisection(optx.Bisection):
@@ -99,14 +101,19 @@ def solve(
     *,
     cfg: TrainConfig,
     T: int,
+    save_fn: Callable[[Params], Any] | None = None,
+    meter: dfx.AbstractProgressMeter | None = None,
 ) -> Solved:
     """Integrate one model from t = 0 to T·η (flow time; η maps GD steps to time), and
-    save ``metrics`` at GD-equivalent steps ``ts``.
+    save ``metrics`` at GD-equivalent steps ``ts``. ``save_fn`` (optional): also evaluated
+    inside the solve at those steps (``Solved.saved``); ``benchmarks/curves.py`` times it
+    against evaluating the returned ``history`` afterwards.
 
     ``stop_fn(params, L̄)`` is the stop rule (None: never): a real distance to the stop,
     non-negative while the model runs; it stops where the distance turns negative, a time
     located by bisection on the solver's interpolant (GD stops at the first step past
-    it)."""
+    it). ``meter``: a diffrax progress meter (:class:`mvsim.progress.FlowMeter` moves a
+    stage's bar while the solve runs); None: none."""
     solver_cls, per_step = SOLVERS[cfg.flow_solver]
 
     def field(t, y, args):
@@ -134,11 +141,14 @@ def solve(
     # The weights are saved, and the metrics taken after the solve in one batched pass:
     # metrics inside the loop made every step's program larger (compile) and, under vmap,
     # evaluated them at steps where another model had a save pending.
-    save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: y[0]),
-                            dfx.SubSaveAt(t1=True)])  # fmt: skip
+    subs = [dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: y[0]), dfx.SubSaveAt(t1=True)]
+    if save_fn is not None:
+        subs.append(dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: save_fn(y[0])))
+    save = dfx.SaveAt(subs=subs)
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
         event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
+        progress_meter=dfx.NoProgressMeter() if meter is None else meter,
     )  # fmt: skip
     (t_end, (W_end, _)) = (sol.ts[1][0], sol.ys[1])
     loss, acc, lam = jax.vmap(metrics)(sol.ys[0])  # inf past the stop: masked by the caller
@@ -146,4 +156,5 @@ def solve(
     ok = (sol.result == dfx.RESULTS.successful) | (sol.result == dfx.RESULTS.event_occurred)
     ok = at_init | (ok & jnp.isfinite(loss_fn(W_end)))
     evals = jnp.where(at_init, 0, sol.stats["num_steps"] * per_step)
-    return Solved(W_end, jnp.where(at_init, 0.0, t_end / eta), evals, ok, loss, acc, lam)
+    return Solved(W_end, jnp.where(at_init, 0.0, t_end / eta), evals, ok, loss, acc, lam,
+                  sol.ys[0], sol.ys[2] if save_fn is not None else None)  # fmt: skip

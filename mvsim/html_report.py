@@ -19,7 +19,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mvsim.report import fmt_bound, ntk_grid, view_analysis_line, view_gain_totals, write_text
+from mvsim.report import (
+    fmt_bound,
+    ntk_grid,
+    two_readings_rows,
+    view_analysis_line,
+    view_gain_totals,
+    write_text,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -27,6 +34,11 @@ if TYPE_CHECKING:
 
 # What to look for in each figure, by its file stem (sweep figures: by prefix, below).
 CAPTIONS: dict[str, str] = {
+    "error_curves": "Test error over training, in GD-equivalent steps (log axis), on the "
+    "curve subset: each group's mean (thick) and models (thin), the theorems' levels, the "
+    "horizon T of the trajectory reading (dotted) and each group's first time at its level "
+    "(●). Look for whether the students reach the level before their control, and for "
+    "how much of t ≤ T each curve spends at its level.",
     "claims_vs_bounds": "Each claim's error/μ with its 95% CI against the paper's bound (grey "
     "band). A PASS needs the whole interval inside the band; an interval wholly outside it "
     "is a FAIL.",
@@ -193,6 +205,7 @@ def _claim_row(c: Mapping[str, Any]) -> dict[str, Any]:
         "inside": f"{inside}/{len(per)}" if per else "",
         "verdict": c["verdict"],
         "reason": c.get("reason", ""),
+        "over_time": (c.get("trajectory") or {}).get("readings", ""),
         "control": _control(c),
         "per_model": [
             {
@@ -297,15 +310,19 @@ def render_verify(rep: Mapping[str, Any], figure_paths: Iterable[str | Path]) ->
         ("model", f"m = {m['m']}, q = {m['q']}, ϱ = {m['varrho']:g}, σ0 = {m['sigma_0']:g}"),
         ("training", _training(cfg["train"])),
     ]
+    figs = figures(figure_paths)
+    lead = next((f for f in figs if f["name"] == "error_curves"), None)
     return render(
         "verify.html.j2",
         title=f"mvsim verify — preset {rep['preset']}, k = {d['k']}",
         run=run,
         provenance=_run_header(rep),
         claims=[_claim_row(c) for c in rep["claims"]],
+        readings=two_readings_rows(rep),
+        lead_figure=lead,
         mechanism=_mechanism(rep) if "mechanism" in rep else None,
         ntk=ntk_grid(rep["ntk"]) if "ntk" in rep else None,
-        figures=figures(figure_paths),
+        figures=[f for f in figs if f is not lead],
         config=_config_sections(cfg),
         timing=_timing(rep.get("timing", {})),
     )

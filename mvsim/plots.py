@@ -135,6 +135,96 @@ def draw_claims_vs_bounds(rep: dict[str, Any]) -> Figure:
     return fig
 
 
+# The error curves: one colour per group, as in the claims' order; the control dashed.
+_CURVES = (
+    ("single", "single", PALETTE[0], "-"),
+    ("ensemble", "ensemble", PALETTE[1], "-"),
+    ("kd", "KD student", PALETTE[2], "-"),
+    ("self_distillation", "self-distilled", PALETTE[4], "-"),
+    ("control", "control (own-init teacher)", PALETTE[7], "--"),
+    ("training_average", "training average", PALETTE[3], "-"),
+)
+
+
+def curve_error_over_mu(c: dict[str, Any], mu: float) -> np.ndarray:
+    """E/μ (S, L) of a report's ``curves.groups`` entry (counts on the curve subset)."""
+    es = np.asarray(c["errors_single"], float) / c["n_single"]
+    if not c["n_multi"]:
+        return es
+    return es + (1 - mu) / mu * np.asarray(c["errors_multi"], float) / c["n_multi"]
+
+
+def _times_to_level(rep: dict[str, Any]) -> dict[str, tuple[float, list | None, float]]:
+    """{group: (mean time to its claim's level, its 95% CI over models or None, the
+    level)}; the control's to the KD level, read off the KD claim's paired times."""
+    out = {}
+    for c in rep["claims"]:
+        t = c.get("trajectory")
+        if not t:
+            continue
+        level = c["bound"]["hi"] if c["bound"]["hi"] is not None else c["bound"]["lo"]
+        ttl = t["time_to_level"]
+        if ttl["mean"] is not None:
+            out[c["id"]] = (ttl["mean"], ttl["ci95"], level)
+        mech = t.get("mechanism")
+        if c["id"] == "kd" and mech:
+            ctl = [p["control_time"] for p in mech["times"][f"{mech['level']:g}"]["pairs"]]
+            if ctl and all(x is not None for x in ctl):
+                out["control"] = (float(np.expm1(np.log1p(ctl).mean())), None, mech["level"])
+    return out
+
+
+def error_curves(rep: dict[str, Any], out: Path) -> list[str]:
+    """:func:`draw_error_curves` to files."""
+    return _save(draw_error_curves(rep), out, "error_curves")
+
+
+def draw_error_curves(rep: dict[str, Any]) -> Figure:
+    """error/μ against GD-equivalent step (log axis) of every model group on the curve
+    subset: the mean over a group's models (thick) and each model (thin), the theorems'
+    levels (the single band shaded, 0.26μ and 0.001μ dashed; the axis is linear below
+    0.001μ so that 0 shows), the horizon T of the trajectory reading (dotted), and on its
+    level each group's mean time to level (●, with its 95% CI over models)."""
+    plt = _plt()
+    cur = rep["curves"]
+    mu = cur["mu"]
+    fig, ax = plt.subplots(figsize=(7.6, 5.6))
+    ax.axhspan(0.49, 0.51, color="grey", alpha=0.35, lw=0, label="[0.49, 0.51]μ: single (Thm 1)")
+    ax.axhline(0.26, color="grey", lw=0.9, ls="--", label="0.26μ: self-distillation (Thm 4)")
+    ax.axhline(0.001, color="grey", lw=0.9, ls="-.", label="0.001μ: ensemble, KD (Thms 2–3)")
+    H = cur["horizon"]
+    ax.axvline(H, color="black", lw=0.9, ls=":", label=f"horizon T = {H:,}")
+    reached = _times_to_level(rep)
+    for name, label, color, ls in _CURVES:
+        c = cur["groups"].get(name)
+        if c is None:
+            continue
+        t = np.maximum(np.asarray(c["steps"], float), 1.0)
+        e = curve_error_over_mu(c, mu)
+        if e.shape[0] > 1:
+            for row in e:
+                ax.plot(t, row, ls, color=color, lw=0.6, alpha=0.3)
+        if name in reached:
+            when, ci, level = reached[name]
+            label += f" (● at {level:g}μ: t ≈ {when:,.0f})"
+            err = None if ci is None else [[when - ci[0]], [ci[1] - when]]
+            ax.errorbar(max(when, 1.0), level, xerr=err, fmt="o", color=color, ms=6,
+                        capsize=3, zorder=5)  # fmt: skip
+        ax.plot(t, e.mean(0), ls, color=color, lw=2, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3, linscale=0.5)
+    ax.set_ylim(0, 40)
+    ax.set_xlim(0.8, 1.6 * max(H, max(c["steps"][-1] for c in cur["groups"].values())))
+    n = next(iter(cur["groups"].values()))
+    ax.set(xlabel="GD-equivalent step t", ylabel="test error / μ",
+           title=f"Test error over training ({n['n_multi']:,} + {n['n_single']:,} test "
+           "points at each recorded step)")  # fmt: skip
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              frameon=False)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
 def comparison_bars(rep: dict[str, Any], out: Path) -> list[str]:
     """single / ensemble / KD / self-KD / training-average by stratum, to files."""
     return _save(draw_comparison_bars(rep), out, "comparison_bars")
@@ -542,7 +632,8 @@ def all_figures(rep: dict[str, Any], out: str | Path) -> list[str]:
     paths: list[str] = []
     mech = rep.get("mechanism", {})
     # The verdicts first: report.html shows the figures in this order.
-    fns = [claims_vs_bounds, comparison_bars]
+    fns = [error_curves] if "curves" in rep else []
+    fns += [claims_vs_bounds, comparison_bars]
     if "history" in rep:  # Λ over training: the patch CNN's
         fns.append(alignment_over_time)
     fns.append(view_matrix)

@@ -70,8 +70,8 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
     (the 2k views fill at most half the space, leaving the projected noise room),
     T = 10⁴·max(10/k, (k/10)^{3/2}) (below k = 10 the flow time T·η stays that of k = 10,
     since η ∝ k; above, measured stops grow like k^{1.5}: at most 16,053 steps at k = 20
-    and 44,927 at 40; the flow pays only for the steps a model takes), students capped at
-    kd_T = 2T, P = 16 and m = 4 fixed."""
+    and 44,927 at 40; the flow pays only for the steps a model takes), students trained to
+    the horizon (T unless set), P = 16 and m = 4 fixed."""
     k = o.get("k", 10)
     d = o.get("d", max(200, 4 * k))
     varrho = o.get("varrho", 1.0)
@@ -89,7 +89,6 @@ def _demo(o: Mapping[str, Any]) -> dict[str, Any]:
         sigma_0=0.033 * varrho,
         **learner_fields(o.get("learner", "patch_cnn"), k, varrho),
         T=_demo_budget(k),
-        kd_T=2 * _demo_budget(k),
     )
 
 
@@ -116,19 +115,21 @@ def _demo_theory(o: Mapping[str, Any]) -> dict[str, Any]:
     (σ_0^{q−2} ∝ 1/k, which lengthens the plateau); σ_0/ϱ ∝ ln k/√k then stays near 0.03
     up to k = 40 (0.029 at k = 3, 0.033 at 10, 0.026 at 40) and falls beyond; η = (2/3)ϱk
     as in demo; T is demo's budget times the plateau's growth 1/σ_0^{q−2} ∝ k relative to
-    k = 10, 10⁴·max(1, k/10)^{5/2}, and kd_T = 2T."""
+    k = 10, 10⁴·max(1, k/10)^{5/2}; students to the horizon, as in demo."""
     k = o.get("k", 10)
     q = o.get("q", 4)
     varrho = o.get("varrho", math.log(10) / math.log(k))
     base = _demo({**o, "varrho": varrho})
     sigma_0 = 0.033 * (10 / k) ** (1 / (q - 2)) if q > 2 else 0.033 * 10 / k
     T = round(_demo_budget(k) * max(1.0, k / 10))
-    return {**base, "sigma_0": sigma_0, "T": T, "kd_T": 2 * T}
+    return {**base, "sigma_0": sigma_0, "T": T}
 
 
 def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
     """Seconds-sized runs for the test suite: k = 4, small N and d, few steps (N, μ, η,
-    s, max_noisy and d = max(64, 4k) follow k as in demo)."""
+    s, max_noisy and d = max(64, 4k) follow k as in demo). Its trajectories are read over
+    the first 500 steps (or T, or an explicit kd_T, if smaller), and its students train
+    that far."""
     k = o.get("k", 4)
     d = o.get("d", max(64, 4 * k))
     n_multi, n_single = 30 * k, 2 * k
@@ -147,7 +148,7 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
         **learner_fields(o.get("learner", "patch_cnn"), k, 1.0),
         T=2000,
         chunk=100,
-        kd_T=500,
+        horizon=min(500, o.get("T", 2000), o.get("kd_T") or 500),
         kd_students=2,
         avg_members=2,
         avg_seeds=2,
@@ -159,17 +160,15 @@ def _tiny(o: Mapping[str, Any]) -> dict[str, Any]:
 
 def _paper(o: Mapping[str, Any]) -> dict[str, Any]:
     """The demo regime with the budgets the theorems ask for, for a GPU or a long CPU run:
-    16 seeds, twice demo's T (20000 at k = 10), students capped at 3T (60000; 4 of each
-    kind), and test sets large enough (400k multi-view, 80k single-view points) that a
-    zero-error ensemble's CI lies below 0.001μ with room to spare. Measured on the CPU
-    (docs/theorems.md): the longer budgets move the distilled students
-    to their levels but not the single model, whose gap is set by the races the init
-    leaves close, not by T."""
+    16 seeds, twice demo's T (20000 at k = 10), the horizon (and the students' budget)
+    with it, 4 students of each kind, and test sets large enough (400k multi-view, 80k
+    single-view points) that a zero-error ensemble's CI lies below 0.001μ with room to
+    spare. Measured on the CPU (docs/theorems.md): the longer budget does not move the
+    single model, whose gap is set by the races the init leaves close, not by T."""
     return {
         **_demo(o),
         "seeds": 16,
         "T": 2 * _demo_budget(o.get("k", 10)),
-        "kd_T": 6 * _demo_budget(o.get("k", 10)),
         "kd_students": 4,
         "n_test_multi": 400_000,
         "n_test_single": 80_000,

@@ -260,12 +260,19 @@ def _measurements(cfg, net, V, ts, truth, res, timing) -> Measurements:
     learned views, lottery and memorisation (:mod:`mvsim.verify`'s own helpers)."""
     import time
 
-    from mvsim import verify
+    from mvsim import curves, verify
 
     t = time.perf_counter()
-    params = jax.tree.map(lambda a: jnp.asarray(a)[None], res.params)
-    errors, ys, strong = verify._evaluate_points([cfg], V[None], {"single": (net.apply, params)})[0]
+    add = lambda tree: jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
+    params, history = add(res.params), add(res.history_params)
+    (out,), curve_s = verify._evaluate_points([cfg], V[None], {"single": (net.apply, params)},
+                                              {"single": (net.apply, history)})  # fmt: skip
+    errors, ys, strong, counts = out
+    counts["ensemble"]["train_accuracy"] = curves.ensemble_train_accuracy(
+        net.apply, history, ts.x[None], ts.y[None]
+    )[0][None]
     logits = jax.vmap(net.apply, in_axes=(0, None))(res.params, ts.x)
-    timing["evaluate"] = time.perf_counter() - t
+    timing["evaluate"] = time.perf_counter() - t - curve_s
+    timing["curves"] = curve_s
     return verify._measurements(cfg, net, V, ts, truth, logits, res, None, None, errors, ys,
-                                strong, res.steps, dict(timing))  # fmt: skip
+                                strong, res.steps, dict(timing), counts)  # fmt: skip

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None
         "mechanism": mechanism(m),
         "timing": {k: round(v, 3) for k, v in m.timing.items()},
     }
+    if m.groups["single"].curve is not None:
+        rep["curves"] = curves(m)
     if np.size(m.single_history["alignment"]):  # a learner without Λ records none
         rep["history"] = {
             "steps": m.single_history["steps"].tolist(),
@@ -83,6 +86,27 @@ def build(m: Measurements, results: list[ClaimResult], extra: dict | None = None
     if extra:
         rep.update(extra)
     return rep
+
+
+def curves(m: Measurements) -> dict[str, Any]:
+    """report.json's ``curves``: every group's error curve on the curve subset (counts
+    per model and recorded step, training accuracy), from which E/μ at any time and the
+    trajectory figure are redrawn; ``horizon`` is the reading's (GD-equivalent steps)."""
+    out: dict[str, Any] = {"horizon": m.horizon, "mu": m.cfg.data.mu, "groups": {}}
+    for name, g in m.groups.items():
+        c = g.curve
+        if c is None:
+            continue
+        out["groups"][name] = {
+            "steps": np.asarray(c["steps"]).astype(int).tolist(),
+            "horizon": int(c["horizon"]),
+            "n_multi": int(c["n_multi"]),
+            "n_single": int(c["n_single"]),
+            "errors_multi": np.asarray(c["errors_multi"]).tolist(),
+            "errors_single": np.asarray(c["errors_single"]).tolist(),
+            "train_accuracy": np.round(np.asarray(c["train_accuracy"], float), 5).tolist(),
+        }
+    return out
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -186,12 +210,14 @@ def table(rep: dict[str, Any]) -> str:
                 c["verdict"],
             )
         )
-    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True))
-    out = [head, "", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out = [head, ""] + text_table(cols, rows)
+    if any("trajectory" in c for c in rep["claims"]):
+        out += ["", *two_readings(rep)]
     out.append("")
     for c in rep["claims"]:
         out.append(f"{c['id']}: {c['reason']}")
+        if "trajectory" in c:
+            out.append(f"    over time: {c['trajectory']['readings']}")
         if "control_error_over_mu" in c:
             tot = view_gain_totals(c)
             out.append(
@@ -228,6 +254,67 @@ def table(rep: dict[str, Any]) -> str:
     t = rep["timing"]
     out.append("timing (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     return "\n".join(out)
+
+
+def text_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of a plain-text table: left-aligned columns, a dashed rule under the header."""
+    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+    return [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def fmt_steps(x: float | None) -> str:
+    """A GD-equivalent time, as an integer with thousands separators ('—' for none)."""
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def two_readings_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
+    """Per claim with a trajectory reading: its end-point and trajectory verdicts, the
+    fraction of t ≤ H at level, the time to level (mean over models [95% CI]), the
+    mechanism in time (distillation), and whether the end point depends on the cap."""
+    out = []
+    for c in rep["claims"]:
+        t = c.get("trajectory")
+        if t is None:
+            continue
+        lo, hi = t["fraction_at_level"]
+        ttl = t["time_to_level"]
+        if ttl["mean"] is not None:
+            ci = ttl["ci95"]
+            when = fmt_steps(ttl["mean"]) + (
+                f" [{fmt_steps(ci[0])}, {fmt_steps(ci[1])}]" if ci else ""
+            )
+        else:
+            when = f"{ttl['reached']}/{ttl['models']} reach it"
+        mech = t.get("mechanism")
+        cap = bool(t.get("end_point_cap_dependent") or t.get("lead_changes"))
+        out.append({
+            "id": c["id"],
+            "end": c["verdict"] + (" (cap-dependent)" if cap else ""),
+            "fraction": f"{lo:.0%}–{hi:.0%}",
+            "horizon": fmt_steps(t["horizon"]),
+            "time": when,
+            "mechanism": "" if mech is None else mech["verdict"],
+            "trajectory": t["verdict"],
+            "agree": "yes" if c["verdict"] == t["verdict"] else "NO",
+        })  # fmt: skip
+    return out
+
+
+def two_readings(rep: dict[str, Any]) -> list[str]:
+    """The terminal's second table: both readings of every claim side by side."""
+    cols = ("claim", "end point", "at level for", "of t ≤", "time to level [95% CI]",
+            "sooner than control", "trajectory", "agree")  # fmt: skip
+    rows = [(r["id"], r["end"], r["fraction"], r["horizon"], r["time"], r["mechanism"],
+             r["trajectory"], r["agree"]) for r in two_readings_rows(rep)]  # fmt: skip
+    t0 = next(c["trajectory"] for c in rep["claims"] if "trajectory" in c)
+    note = (
+        "trajectory: at level (CI inside the bound, training set fitted) for ≥ 90% of t ≤ T, "
+        f"on {t0['n_multi']:,} + {t0['n_single']:,} curve points at each recorded time "
+        f"(GD-equivalent steps); they certify no E/μ below {t0['resolution']:.3f}"
+    )
+    return ["two readings: the end point (final models, full test sets) and the trajectory",
+            *text_table(cols, rows), note]  # fmt: skip
 
 
 _NTK_ROWS = {

@@ -40,10 +40,12 @@ __all__ = [
     "clopper_pearson_interval",
     "combine_verdicts",
     "errors_from_logits",
+    "mean_ci",
     "normal_quantile",
     "paired_diff_ci",
     "regularized_beta",
     "required_n",
+    "t_quantile",
     "two_proportion_diff_ci",
     "verdict",
     "wilson_interval",
@@ -871,3 +873,36 @@ def paired_diff_ci(a: Any, b: Any, level: float = 0.95) -> tuple[float, float]:
     pi_lo, pi_hi = (0.0, 1.0) if m == 0 else _clopper_pearson(n10, m, half_level)
     corners = [psi * (2.0 * pi - 1.0) for psi in (psi_lo, psi_hi) for pi in (pi_lo, pi_hi)]
     return max(-1.0, min(corners)), min(1.0, max(corners))
+
+
+# ---------------------------------------------------------------------------
+# A mean over models
+# ---------------------------------------------------------------------------
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution with ``df`` degrees of freedom, p in (0, 1).
+
+    From the beta function: for t > 0, P(|T| > t) = I_x(df/2, 1/2) with
+    x = df / (df + t²), so the two-sided point is found by :func:`beta_quantile`.
+    """
+    p = _check_probability(p, "p", open_interval=True)
+    df = _check_count(df, "df", allow_zero=False)
+    if p == 0.5:
+        return 0.0
+    tail = 2.0 * min(p, 1.0 - p)  # P(|T| > t)
+    x = beta_quantile(tail, df / 2.0, 0.5)
+    t = math.sqrt(df * (1.0 / x - 1.0)) if x > 0 else math.inf
+    return t if p > 0.5 else -t
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval for the mean of ``values`` (two or more finite numbers,
+    taken as a normal sample): mean ± t_{(1+level)/2, n−1} · sd/√n. A sample with no spread
+    gives the mean as both ends."""
+    level = _check_level(level)
+    v = np.asarray(values, float)
+    if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be two or more finite numbers, got {values!r}")
+    half = t_quantile(0.5 + level / 2.0, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)

@@ -63,6 +63,16 @@ COLUMNS: dict[str, str] = {
     # views and the escape steps, from which race curves are drawn after the fact.
     "mechanism_json": "TEXT",
     "peak_rss_bytes": "INTEGER",  # the process's peak resident memory during the point
+    # The trajectory reading (claim_json holds all of it): its verdict, the fraction of
+    # t ≤ horizon at level [lo, hi], the mean time to level over models (NULL unless every
+    # model reached it), distillation's mechanism-in-time verdict, and the claim's error
+    # curve (its group's, and the controls' for kd and self_distillation).
+    "trajectory_verdict": "TEXT",
+    "fraction_at_level_lo": "REAL",
+    "fraction_at_level_hi": "REAL",
+    "time_to_level": "REAL",
+    "mechanism_in_time": "TEXT",
+    "curve_json": "TEXT",
     "started_at": "TEXT",  # ISO 8601 UTC
     "finished_at": "TEXT",
     "mvsim_version": "TEXT",
@@ -74,7 +84,10 @@ COLUMNS: dict[str, str] = {
 
 # Columns added after schema 1 shipped. A store without one gains it on open (ALTER TABLE
 # ADD COLUMN, NULL in the rows already there), so committed stores stay readable.
-ADDED_COLUMNS = ("mechanism_json", "peak_rss_bytes")
+ADDED_COLUMNS = (
+    "mechanism_json", "peak_rss_bytes", "trajectory_verdict", "fraction_at_level_lo",
+    "fraction_at_level_hi", "time_to_level", "mechanism_in_time", "curve_json",
+)  # fmt: skip
 
 
 def canonical_json(cfg: Config) -> str:
@@ -93,7 +106,7 @@ def _canonical(d: Mapping[str, Any]) -> str:
 # against a store written before it).
 KEY_OMITS_AT_DEFAULT = (
     "learner", "learner_kwargs", "vit_dim", "vit_depth", "vit_heads", "mlp_width",
-    "view_accuracy", "vit_kd_T",
+    "view_accuracy", "vit_kd_T", "horizon", "n_curve_multi", "n_curve_single",
 )  # fmt: skip
 
 
@@ -192,12 +205,14 @@ def write_point(
     started_at: str,
     env: Mapping[str, Any],
     peak_rss_bytes: int | None = None,
+    curves: Mapping[str, Any] | None = None,
 ) -> int:
     """Insert all rows of one finished point in one transaction; returns rows written.
 
     ``claims`` are :meth:`ClaimResult.to_dict` dicts, ``mechanism`` is
     :func:`mvsim.claims.mechanism`, ``env`` has mvsim_version, jax_version, backend and
-    n_devices. A row already stored for (config_hash, claim) is kept, not replaced.
+    n_devices, ``curves`` is :func:`mvsim.report.curves` (None: no curve columns). A row
+    already stored for (config_hash, claim) is kept, not replaced.
     """
     from mvsim.report import json_default
 
@@ -205,6 +220,8 @@ def write_point(
     finished = utc_now()
     rows = []
     for c in claims:
+        t = c.get("trajectory") or {}
+        ttl = (t.get("time_to_level") or {}).get("mean")
         row = {
             "config_hash": h,
             "claim": c["id"],
@@ -234,6 +251,12 @@ def write_point(
             "timing_json": json.dumps(dict(timing), default=json_default),
             "mechanism_json": json.dumps(_compact(mechanism), default=json_default),
             "peak_rss_bytes": peak_rss_bytes,
+            "trajectory_verdict": t.get("verdict"),
+            "fraction_at_level_lo": t["fraction_at_level"][0] if t else None,
+            "fraction_at_level_hi": t["fraction_at_level"][1] if t else None,
+            "time_to_level": ttl,
+            "mechanism_in_time": (t.get("mechanism") or {}).get("verdict"),
+            "curve_json": _claim_curves(c["id"], curves),
             "started_at": started_at,
             "finished_at": finished,
             **{k: env[k] for k in ("mvsim_version", "jax_version", "backend", "n_devices")},
@@ -249,6 +272,16 @@ def write_point(
         conn.execute("ROLLBACK")
         raise
     return n
+
+
+def _claim_curves(claim: str, curves: Mapping[str, Any] | None) -> str | None:
+    """The error curves a claim's trajectory reads, as JSON: its group's, and for the
+    distillation claims their controls' ({group: curve}, plus horizon and μ)."""
+    if not curves:
+        return None
+    names = [claim] + (["control"] if claim in ("kd", "self_distillation") else [])
+    groups = {n: curves["groups"][n] for n in names if n in curves["groups"]}
+    return json.dumps({"horizon": curves["horizon"], "mu": curves["mu"], "groups": groups})
 
 
 def _compact(mechanism: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,6 +308,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
     finally:
         conn.close()
+    for col, kind in COLUMNS.items():  # a REAL column NULL in every row reads as None
+        if kind == "REAL" and col in df:
+            df[col] = df[col].astype(float)
     points = [json.loads(p) for p in df["point_json"]]
     axes: list[str] = sorted({k for p in points for k in p})
     for ax in axes:

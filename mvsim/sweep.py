@@ -237,20 +237,24 @@ def run_point(cfg: Config, claims: Sequence[str] | None) -> dict[str, Any]:
     return run_points([cfg], claims)[0]
 
 
-def run_points(cfgs: Sequence[Config], claims: Sequence[str] | None) -> list[dict[str, Any]]:
+def run_points(
+    cfgs: Sequence[Config], claims: Sequence[str] | None, progress: bool | str = False
+) -> list[dict[str, Any]]:
     """Run verify on configs that share a :func:`mvsim.verify.batch_key`, all of them in
     one compiled call per stage (:func:`mvsim.verify.run_many`). Returns per config what
-    :func:`run_point` does; ``seconds`` is the batch's wall time over its points."""
+    :func:`run_point` does; ``seconds`` is the batch's wall time over its points.
+    ``progress``: its stages' display (:mod:`mvsim.progress`)."""
     from mvsim import claims as claims_mod
-    from mvsim import verify
+    from mvsim import report, verify
 
     ids = list(claims) if claims is not None else None
     t0 = time.perf_counter()
     with PeakRSS() as mem:
-        ms = verify.run_many(cfgs, claims=ids, progress=False)
+        ms = verify.run_many(cfgs, claims=ids, progress=progress)
     outs = [
         {"claims": [r.to_dict() for r in claims_mod.evaluate_all(m, ids)],
-         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing)}
+         "mechanism": claims_mod.mechanism(m), "timing": dict(m.timing),
+         "curves": report.curves(m)}
         for m in ms
     ]  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(cfgs)
@@ -305,13 +309,16 @@ def run_sweep(
         compiled code (μ, ρ, Γ, σ_0, η, ...; :data:`mvsim.verify.BATCHABLE`) are trained
         together, vmapped with their seeds; None: :func:`default_batch_points`. A batch's
         points are stored when the batch completes, each in its own transaction.
-      progress: a tqdm bar over points with its ETA; else one line per batch on ``log``.
+      progress: True: a tqdm bar over points with its ETA, each point's stages shown under
+        it as they run and summarised in one line when it is done; else one line per
+        batch on ``log``, and with 'live' each point's stages shown as they run.
       log: a callable taking a str (default: print).
     """
     import jax
 
     from mvsim import store as st
     from mvsim.claims import CLAIMS
+    from mvsim.progress import point_line
 
     if batch_points is None:
         batch_points = default_batch_points()
@@ -336,25 +343,27 @@ def run_sweep(
         env = _env()
         rows = done = 0
         bar = None
-        if progress:
+        if progress is True:
             from tqdm.auto import tqdm  # only when drawn: it warns without ipywidgets
 
             bar = tqdm(total=len(todo), desc="sweep", unit="point")
         t_loop = time.perf_counter()
         for batch in batches(todo, batch_points):
             started = st.utc_now()
-            outs = run_points([p.cfg for p, _ in batch], batch[0][1])
+            outs = run_points([p.cfg for p, _ in batch], batch[0][1],
+                              "live" if progress else False)  # fmt: skip
             for (p, _), out in zip(batch, outs, strict=True):
                 rows += st.write_point(
                     conn, p.cfg, p.values, out["claims"], out["mechanism"],
                     seconds=out["seconds"], timing=out["timing"], started_at=started, env=env,
-                    peak_rss_bytes=out["peak_rss_bytes"],
+                    peak_rss_bytes=out["peak_rss_bytes"], curves=out.get("curves"),
                 )  # fmt: skip
             done += len(batch)
             label = _short(batch[0][0].values) + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")
             if bar is not None:
                 bar.update(len(batch))
                 bar.set_postfix_str(label)
+                bar.write(point_line(label, outs[0]["seconds"] * len(batch), outs[0]["timing"]))
             else:
                 eta = (time.perf_counter() - t_loop) / done * (len(todo) - done)
                 log(f"sweep: {done}/{len(todo)} points, {label}: "

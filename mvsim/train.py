@@ -29,6 +29,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mvsim import devices, flow
+from mvsim import progress as prog
 from mvsim.config import TrainConfig
 from mvsim.model import AlignmentFn, ApplyFn, Network, Params
 
@@ -54,12 +55,18 @@ class TrainResult(NamedTuple):
     grad_evals: np.ndarray  # (S,) gradient evaluations it cost (GD: one a step)
     final_loss: np.ndarray  # (S,)
     final_accuracy: np.ndarray  # (S,)
+    # (S, L', ...) the weights at every step of history_steps (L',), the run's whole grid
+    # (GD's metrics above stop where every seed has; the final weights past a seed's
+    # stop): what verify's error curves evaluate, after training, in one batched pass.
+    history_params: Params = None
+    history_steps: np.ndarray | None = None
 
     def point(self, q: int) -> TrainResult:
         """Point q of a :func:`train_points` result (arrays (Q, S, ...)): a result of S
         seeds, as :func:`train` returns."""
         take = lambda a: jax.tree.map(lambda b: b[q], a)
-        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f != "steps"})
+        shared = ("steps", "history_steps")
+        return self._replace(**{f: take(getattr(self, f)) for f in self._fields if f not in shared})
 
 
 def cross_entropy(
@@ -116,6 +123,16 @@ def log_steps(T: int, n: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], s, [T]]))
 
 
+def history_steps(T: int, n: int, horizon: int | None = None) -> np.ndarray:
+    """The recorded steps of a run of T steps: :func:`log_steps` of the horizon (default
+    T), then those of T past it, so that the times up to the horizon do not depend on the
+    cap T (the trajectory reading compares runs whose caps differ)."""
+    if horizon is None or horizon >= T:
+        return log_steps(T, n)
+    late = log_steps(T, n)
+    return np.concatenate([log_steps(horizon, n), late[late > horizon]])
+
+
 def blocked(apply_fn: ApplyFn, block: int) -> ApplyFn:
     """``apply_fn`` evaluated over blocks of ``block`` samples: (params, x (n, P, d)) ->
     (n, k), the same logits. Full blocks go through one ``lax.map`` whose body is
@@ -142,6 +159,7 @@ class _State(NamedTuple):
     done: jax.Array  # bool: frozen
     stop_step: jax.Array
     mean: jax.Array  # the objective's running mean over log-time (flow.drift)
+    hist: Params = None  # (L, ...) the params at the recorded steps (None: not recorded)
 
 
 def _one_seed_chunk(
@@ -159,11 +177,21 @@ def _one_seed_chunk(
     T: int,
     stop: str,
     n_steps: int,
+    horizon: int | None = None,
 ):
     """Advance one seed by ``n_steps`` GD steps. Metrics are those of the params *before*
-    each step's update, i.e. of the model after t updates."""
+    each step's update, i.e. of the model after t updates; so are the params kept in
+    ``state.hist`` at the recorded steps (:func:`history_steps`)."""
 
     fwd = _forward(apply_fn, cfg, x.shape[0])
+    want = jnp.asarray(history_steps(T, cfg.n_log, horizon), jnp.int32)
+
+    def record(hist, params, t):
+        if hist is None:
+            return None
+        j = jnp.minimum(jnp.searchsorted(want, t), want.shape[0] - 1)
+        hit = want[j] == t
+        return jax.tree.map(lambda h, p: h.at[j].set(jnp.where(hit, p, h[j])), hist, params)
 
     def loss_and_logits(params):
         logits = fwd(params, x)
@@ -196,6 +224,7 @@ def _one_seed_chunk(
             stop_step,
             # An Euler step of the flow's running mean, in units of η = 1 step.
             (mean + jnp.where(done, 0.0, flow.drift(loss, mean, s.t, 1))).astype(s.mean.dtype),
+            record(s.hist, s.params, s.t),
         )
         return nxt, out
 
@@ -218,6 +247,8 @@ def _chunk_fn(
     n_steps: int,
     teacher_axis: int | None,
     points: int,
+    horizon: int | None = None,
+    meter: bool = False,
 ) -> Callable:
     """The jitted chunk ``f(state, x, y, teacher, V, eta)`` over (points, seeds): ``n_steps``
     GD steps (``integrator = 'gd'``), or the whole flow of each model ('flow'; ``state``
@@ -227,13 +258,16 @@ def _chunk_fn(
     it, and jit compiles once per array shape. η is traced so that an η sweep compiles
     once; ``cfg.eta`` is not read (callers pass it normalised so it does not split the
     cache). ``teacher_axis``: None (no teacher), 0 (one per seed) or -1 (one per point,
-    shared by its seeds). ``points``: 1 (one point) or 2 (several)."""
+    shared by its seeds). ``points``: 1 (one point) or 2 (several). ``horizon``: where
+    the recorded steps split (:func:`history_steps`). ``meter``: the flow reports its
+    progress while it runs (:class:`mvsim.progress.FlowMeter`; a separate program, since
+    one with a host callback never enters JAX's persistent cache)."""
 
     def point_chunk(state, x, y, teacher, V, eta):
         kw = dict(apply_fn=apply_fn, align_fn=align_fn, objective=objective, cfg=cfg, T=T,
-                  stop=stop)  # fmt: skip
+                  stop=stop, horizon=horizon)  # fmt: skip
         if cfg.integrator == "flow":
-            one = lambda s, t: _flow_one(s, x, y, t, V, eta, **kw)
+            one = lambda s, t: _flow_one(s, x, y, t, V, eta, meter=meter, **kw)
         else:
             opt = optax.sgd(eta)
             one = lambda s, t: _one_seed_chunk(s, x, y, t, V, opt=opt, n_steps=n_steps, **kw)
@@ -253,7 +287,8 @@ def _chunk_fn(
     return jax.jit(one_point)
 
 
-def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop):
+def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, cfg, T, stop,
+              horizon=None, save_fn=None, meter=False):  # fmt: skip
     """One model's whole flow (:func:`mvsim.flow.solve`) on its data."""
     fwd = _forward(apply_fn, cfg, x.shape[0])
 
@@ -271,9 +306,10 @@ def _flow_one(params, x, y, teacher, V, eta, *, apply_fn, align_fn, objective, c
         return flow.converged(loss, mean, margin(logits, y), cfg.converge_tol)
 
     loss_fn = lambda p: objective(fwd(p, x), y, teacher)
-    ts = jnp.asarray(log_steps(T, cfg.n_log), eta.dtype)
+    ts = jnp.asarray(history_steps(T, cfg.n_log, horizon), eta.dtype)
     return flow.solve(params, eta, loss_fn, metrics, None if stop == "none" else stop_fn, ts,
-                      cfg=cfg, T=T)  # fmt: skip
+                      cfg=cfg, T=T, save_fn=save_fn,
+                      meter=prog.FlowMeter() if meter else None)  # fmt: skip
 
 
 def init_seeds(net: Network, key: jax.Array, seeds: int) -> Params:
@@ -296,9 +332,10 @@ def train(
     teacher_logits: Float[Array, "N k"] | Float[Array, "S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
-    progress: bool = False,
+    progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
+    horizon: int | None = None,
 ) -> TrainResult:
     """Train S seeds of ``net`` on (x, y) (the flow or GD, ``cfg.integrator``), vmapped
     over seeds.
@@ -315,9 +352,12 @@ def train(
       objective: ``objective(logits, y, teacher) -> loss``; default cross-entropy.
       teacher_logits: (N, k) shared by all seeds, or (S, N, k) one teacher per seed.
       T: step budget (default ``cfg.T``); stop: early-stop rule (default ``cfg.stop``).
-      progress: show a progress bar.
+      progress: the stage's display (:data:`mvsim.progress.Progress`; True: a bar that
+        moves while the models train, then a line with the time).
       shard: split the seed axis over the local devices when there are several and S
         divides evenly (:mod:`mvsim.devices`); False keeps every seed on one device.
+      horizon: the recorded steps are those of the horizon, then of T past it
+        (:func:`history_steps`; default: of T).
 
     This is :func:`train_points` with one point.
 
@@ -334,7 +374,7 @@ def train(
         res = train_points(
             net, add(x), add(y), add(V), cfg, jax.tree.map(add, init_params),
             etas=[cfg.eta], objective=objective, teacher_logits=add(teacher_logits),
-            T=T, stop=stop, progress=progress, desc=desc, shard=shard,
+            T=T, stop=stop, progress=progress, desc=desc, shard=shard, horizon=horizon,
         )  # fmt: skip
     return res.point(0)
 
@@ -352,9 +392,10 @@ def train_points(
     teacher_logits: Float[Array, "Q N k"] | Float[Array, "Q S N k"] | None = None,
     T: int | None = None,
     stop: str | None = None,
-    progress: bool = False,
+    progress: prog.Progress = False,
     desc: str = "train",
     shard: bool = True,
+    horizon: int | None = None,
 ) -> TrainResult:
     """Train Q points × S seeds in one compiled call: Q sweep points that share every
     array shape (and the static config), each with its own data and η, S seeds each.
@@ -372,6 +413,7 @@ def train_points(
       T, stop, objective, progress, desc: as in :func:`train`.
       shard: split the point axis (or, when Q does not divide, the seed axis) over the
         local devices (:mod:`mvsim.devices`).
+      horizon: where the recorded steps split (:func:`history_steps`; default: T).
 
     Returns a :class:`TrainResult` whose arrays carry a leading (Q, S) (``steps`` (L,)).
 
@@ -387,27 +429,31 @@ def train_points(
             cfg, dtype, init_params, x, y, V, etas, teacher_logits
         )
         Q, S = jax.tree.leaves(init_params)[0].shape[:2]
-        want = log_steps(T, cfg.n_log)
+        want = history_steps(T, cfg.n_log, horizon)
         chunk_fn = functools.partial(_chunk_fn, net.apply, net.alignment, objective,
                                      dataclasses.replace(cfg, eta=1.0), T, stop,
-                                     min(cfg.chunk, T + 1), teacher_axis)  # fmt: skip
+                                     min(cfg.chunk, T + 1), teacher_axis,
+                                     horizon=horizon)  # fmt: skip
         data = (x, y, V, eta)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, unit="step")
-        try:
-            if cfg.integrator == "flow":
-                state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
-                                       teacher_axis, want, shard, net.alignment)  # fmt: skip
-            else:
-                state, rec = _run_gd(chunk_fn, _gd_state(init_params, Q, S, T, dtype), data,
-                                     teacher_logits, teacher_axis, want, shard, bar)  # fmt: skip
-        except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
-            raise DivergenceError(f"{e} [stage: {desc}]") from None
-        bar.update(T - bar.n)
-        bar.close()
-        return _result(net, objective, state, init_params, x, y, teacher_logits,
-                       teacher_axis, rec)  # fmt: skip
+        what = "the flow solver" if cfg.integrator == "flow" else "GD's chunk"
+        with prog.stage(desc, progress, total=T, unit="steps", compiling=what) as st:
+            try:
+                if cfg.integrator == "flow":
+                    per_step = flow.SOLVERS[cfg.flow_solver][1]
+                    with prog.solving(st, T=T, models=Q * S, per_step=per_step):
+                        state, rec = _run_flow(chunk_fn, init_params, data, teacher_logits,
+                                               teacher_axis, want, shard, net.alignment,
+                                               st.live)  # fmt: skip
+                else:
+                    gd0 = _gd_state(init_params, Q, S, T, dtype, len(want))
+                    state, rec = _run_gd(chunk_fn, gd0, data, teacher_logits, teacher_axis,
+                                         want, shard, st)  # fmt: skip
+            except DivergenceError as e:  # which stage: 'seed 1' alone is ambiguous in verify
+                raise DivergenceError(f"{e} [stage: {desc}]") from None
+            st.update(T)
+            st.summary = _stage_summary(state, T)
+            return _result(net, objective, state, init_params, x, y, teacher_logits, want,
+                           teacher_axis, rec)  # fmt: skip
 
 
 def _points_inputs(cfg, dtype, init_params, x, y, V, etas, teacher_logits) -> tuple:
@@ -431,25 +477,28 @@ def _points_inputs(cfg, dtype, init_params, x, y, V, etas, teacher_logits) -> tu
     return init_params, x, y, V, eta, teacher_logits, teacher_axis
 
 
-def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype) -> _State:
-    """GD's state at step 0 for (Q, S) models (optax's SGD keeps no state of its own)."""
+def _gd_state(init_params: Params, Q: int, S: int, T: int, dtype, L: int) -> _State:
+    """GD's state at step 0 for (Q, S) models (optax's SGD keeps no state of its own), with
+    room for the params at the L recorded steps."""
     opt = optax.sgd(1.0)
     full = lambda v, dt: jnp.full((Q, S), v, dt)
+    hist = jax.tree.map(lambda a: jnp.repeat(a[:, :, None], L, axis=2), init_params)
     return _State(init_params, jax.vmap(jax.vmap(opt.init))(init_params), full(0, jnp.int32),
-                  full(False, bool), full(T, jnp.int32), full(0.0, dtype))  # fmt: skip
+                  full(False, bool), full(T, jnp.int32), full(0.0, dtype), hist)  # fmt: skip
 
 
-def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn):
+def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, align_fn, meter):
     """Every model's flow in one call (:func:`mvsim.flow.solve`): the final state (params,
     stop_step, evals) and the recorded rows {step: [loss, acc, Λ]}, in GD's conventions
-    (NaN loss and accuracy past a model's stop, Λ frozen there)."""
+    (NaN loss and accuracy past a model's stop, Λ frozen there). ``meter``: report
+    progress while the solve runs (to the stage of :func:`mvsim.progress.solving`)."""
     Q = data[0].shape[0]
     qi, si = np.arange(Q), np.tile(np.arange(jax.tree.leaves(init_params)[0].shape[1]), (Q, 1))
     params, p_data, p_teacher = _place_models(init_params, qi, si, data, teacher,
                                               teacher_axis, shard)  # fmt: skip
     px, py, pV, peta = p_data
-    out = chunk_fn(min(Q, 2))(params, px, py, p_teacher, pV, peta)
-    stop_step = np.asarray(out.stop_step)
+    out = chunk_fn(min(Q, 2), meter=meter)(params, px, py, p_teacher, pV, peta)
+    stop_step = np.asarray(out.stop_step)  # waits for the solve (the meter reports meanwhile)
     _check_flow(np.asarray(out.ok), stop_step, Q)
     live = want <= stop_step[..., None] * (1 + 1e-6)  # (Q, S, L); t/η rounds off T·η/η
     loss = np.where(live, np.asarray(out.loss), np.nan)
@@ -459,6 +508,15 @@ def _run_flow(chunk_fn, init_params, data, teacher, teacher_axis, want, shard, a
     lam = np.where(live.reshape(live.shape + (1,) * (lam.ndim - 3)), lam, final[:, :, None])
     rec = {int(t): [loss[:, :, j], acc[:, :, j], lam[:, :, j]] for j, t in enumerate(want)}
     return out, rec
+
+
+def _stage_summary(state, T: int) -> str:
+    """What a training stage's end line says: where its models stopped, at what cost."""
+    span = lambda a, f: f"{f(a.min())}" if a.min() == a.max() else f"{f(a.min())}–{f(a.max())}"
+    stop = np.asarray(state.stop_step, np.float64)
+    evals = np.asarray(state.evals if isinstance(state, flow.Solved) else state.stop_step)
+    return (f"stopped at step {span(stop, '{:,.0f}'.format)} of {T:,}, "
+            f"{span(evals, '{:,}'.format)} gradient evaluations per model")  # fmt: skip
 
 
 def _check_flow(ok: np.ndarray, stop_step: np.ndarray, Q: int) -> None:
@@ -473,7 +531,7 @@ def _check_flow(ok: np.ndarray, stop_step: np.ndarray, Q: int) -> None:
         )
 
 
-def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, bar):
+def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, st):
     """Call GD's chunk until every model has stopped, compacting the running models between
     calls; the final state and the recorded rows {step: [loss, acc, Λ]}.
 
@@ -505,8 +563,8 @@ def _run_gd(chunk_fn, state, data, teacher, teacher_axis, want, shard, bar):
                 row_acc[rows] = np.where(was_done[:, :, j], np.nan, acc[:, :, j])
                 rec[t0 + j] = [row_loss, row_acc, last_lam.copy()]
         t0 += loss.shape[2]
-        bar.update(min(t0, bar.total) - bar.n)
         running = ~np.asarray(sub.done)  # (Q', S')
+        st.update(min(t0, st.total), f"{Q * S - int(running.sum())}/{Q * S} done")
         if not running.any():
             break
         per_point = running.sum(1)
@@ -532,7 +590,9 @@ def _place_models(state, qi, si, data, teacher, teacher_axis, shard):
     return _place(state, tuple(rows(a) for a in data), teachers, teacher_axis, shard)
 
 
-def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec) -> TrainResult:
+def _result(
+    net, objective, state, init_params, x, y, teacher, want, teacher_axis, rec
+) -> TrainResult:
     """The :class:`TrainResult` of the final state (GD's or the flow's) and the rows."""
     params = state.params
     final_logits = jax.vmap(jax.vmap(net.apply, in_axes=(0, None)))(params, x)
@@ -543,7 +603,8 @@ def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec
     final_loss = jax.vmap(per_seed, in_axes=(0, 0, None if tl is None else 0))(final_logits, y, tl)
     final_acc = jax.vmap(jax.vmap(accuracy, in_axes=(0, None)))(final_logits, y)
     steps = np.array(sorted(rec))
-    evals = state.evals if isinstance(state, flow.Solved) else state.stop_step
+    is_flow = isinstance(state, flow.Solved)
+    evals = state.evals if is_flow else state.stop_step
     return TrainResult(
         params=params,
         init_params=init_params,
@@ -555,7 +616,22 @@ def _result(net, objective, state, init_params, x, y, teacher, teacher_axis, rec
         grad_evals=np.asarray(evals),
         final_loss=np.asarray(final_loss),
         final_accuracy=np.asarray(final_acc),
+        history_params=_past_stop(
+            state.history if is_flow else state.hist, params, want, np.asarray(state.stop_step)
+        ),  # fmt: skip
+        history_steps=np.asarray(want),
     )
+
+
+def _past_stop(hist: Params, final: Params, steps: np.ndarray, stop_step: np.ndarray) -> Params:
+    """The recorded params (Q, S, L, ...) with the final params at the steps past each
+    model's stop (the flow saved inf there, GD never wrote them): a stopped model is
+    frozen, as its metrics are."""
+    if hist is None:
+        return None
+    live = jnp.asarray(steps <= stop_step[..., None] * (1 + 1e-6))  # (Q, S, L)
+    at = lambda a: live.reshape(live.shape + (1,) * (a.ndim - 3))
+    return jax.tree.map(lambda h, p: jnp.where(at(h), h, p[:, :, None]), hist, final)
 
 
 def _take(teacher, axis: int | None, qi: np.ndarray, si: np.ndarray):

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from mvsim import data, distill, learners, mechanism, model
+from mvsim import curves, data, distill, learners, mechanism, model
+from mvsim import progress as prog
 from mvsim.config import FIELD_SECTION, Config, ConfigError
 from mvsim.model import ApplyFn
 from mvsim.train import accuracy, correct, init_seeds, precision, train_points
@@ -60,6 +61,10 @@ class Group:
     # behavioural reading of the views (NaN where a cell has no test point).
     view_accuracy: Float[np.ndarray, "S k 2"] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The error curve (:mod:`mvsim.curves`): steps (L,), the reading's horizon, error counts
+    # (S, L) on the curve subset (n_multi, n_single points), training accuracy (S, L),
+    # view_correct (S, L, k, 2) / view_total (k, 2) and, where Λ is read, alignment.
+    curve: dict[str, Any] | None = None
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Measurements:
     single_train_logits: np.ndarray | None = None  # (K, N, k) the singles on the training set
     # 'weights': views from Λ (the patch CNN); 'behaviour': from view_accuracy (any learner)
     view_analysis: str = "weights"
+    horizon: int | None = None  # the trajectory reading's horizon (GD-equivalent steps)
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -127,6 +133,14 @@ MIN_SEEDS: dict[str, int] = {
 }
 
 
+def student_steps(cfg: Config) -> int:
+    """The distilled students' budget in GD-equivalent steps: kd_T, else the horizon (so
+    they train as far as the trajectory reading looks and no further); the ViT's capped at
+    vit_kd_T (:func:`mvsim.learners.student_budget`)."""
+    kd_T = cfg.horizon_steps() if cfg.distill.kd_T is None else cfg.distill.kd_T
+    return learners.student_budget(cfg.model, kd_T)
+
+
 def check_claim_seeds(cfg: Config, claims: Iterable[str] | None = None) -> None:
     """Raise :class:`ConfigError` naming ``seeds`` (the ``--seeds`` flag) and the claim
     when a requested claim (default: all) cannot be evaluated with ``cfg``'s seeds."""
@@ -161,7 +175,9 @@ def batch_key(cfg: Config) -> tuple:
     return tuple((f, repr(v)) for f, v in sorted(cfg.flat().items()) if f not in BATCHABLE)
 
 
-def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = True) -> Measurements:
+def run(
+    cfg: Config, *, claims: Iterable[str] | None = None, progress: prog.Progress = True
+) -> Measurements:
     """Train the models that ``claims`` (default: all) need, and measure them.
 
     A pure function of ``cfg``: the same config gives the same numbers. Returns
@@ -169,13 +185,16 @@ def run(cfg: Config, *, claims: Iterable[str] | None = None, progress: bool = Tr
     (S, n_test_multi) and single-view (S, n_test_single) test sets, training accuracy (S,)
     and learned views (S, k, 2); the singles' Λ history (K, L, k, 2) at the L recorded
     steps; the lottery; memorisation; wall times in seconds. This is :func:`run_many`
-    with one config.
+    with one config. ``progress``: each stage's display (:mod:`mvsim.progress`).
     """
     return run_many([cfg], claims=claims, progress=progress)[0]
 
 
 def run_many(
-    cfgs: Sequence[Config], *, claims: Iterable[str] | None = None, progress: bool = True
+    cfgs: Sequence[Config],
+    *,
+    claims: Iterable[str] | None = None,
+    progress: prog.Progress = True,
 ) -> list[Measurements]:
     """:func:`run` for Q configs that share a :func:`batch_key` (e.g. sweep points that
     differ in μ, ρ, Γ, σ_0, η or the seed), stage by stage: each training stage trains
@@ -207,16 +226,21 @@ def run_many(
     cfg0 = cfgs[0]
     D0, M0, Tc, KD = cfg0.data, cfg0.model, cfg0.train, cfg0.distill
     K, n_st = cfg0.verify.seeds, KD.kd_students
+    H = cfg0.horizon_steps()  # the history's times up to H are those of H, whatever the caps
     etas = np.array([c.train.eta for c in cfgs])
     pts = f"{len(cfgs)} points × " if len(cfgs) > 1 else ""  # for the progress bars
     with precision(Tc.dtype, Tc.matmul_precision):
         dtype = jnp.dtype(Tc.dtype)
         t = time.perf_counter()
         Vs, sets_, truths = [], [], []
-        for c in cfgs:
-            V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
-            ts, truth = data.training_set(stream(c, "data"), c.data, V, dtype, ground_truth=True)
-            Vs.append(V), sets_.append(ts), truths.append(truth)
+        with prog.stage("sampling the training set", progress, total=len(cfgs), unit="sets",
+                        compiling="the sampler") as st:  # fmt: skip
+            for c in cfgs:
+                V = data.features(stream(c, "features"), c.data.d, c.data.k, dtype)
+                ts, truth = data.training_set(stream(c, "data"), c.data, V, dtype,
+                                              ground_truth=True)  # fmt: skip
+                Vs.append(V), sets_.append(ts), truths.append(truth)
+                st.advance()
         V = jnp.stack(Vs)
         x = jnp.stack([s.x for s in sets_])
         y = jnp.stack([s.y for s in sets_])
@@ -228,10 +252,11 @@ def run_many(
         inits = _stack([init_seeds(learners.network(c.model, D0.k, D0.d, D0.P, dtype),
                                    stream(c, "init"), K) for c in cfgs])  # fmt: skip
         singles = train_points(net, x, y, V, Tc, inits, etas=etas, progress=progress,
-                               desc=f"{pts}{K} single models")  # fmt: skip
+                               desc=f"{pts}{K} single models", horizon=H)  # fmt: skip
         timing["train_single"] = time.perf_counter() - t
         single_logits = jax.vmap(_train_logits, in_axes=(None, 0, 0))(net.apply, singles.params, x)
         sets: dict[str, tuple[ApplyFn, jax.Array]] = {"single": (net.apply, singles.params)}
+        history = {"single": (net.apply, singles.history_params)}
 
         students = averages = None
         if "students" in needs:
@@ -243,10 +268,11 @@ def run_many(
             st_inits = _stack([s[1] for s in setups])
             students = train_points(net, x, y, V, Tc, st_inits, etas=etas,
                                     objective=distill.objective(KD), teacher_logits=teachers,
-                                    T=learners.student_budget(M0, KD.kd_T), stop=KD.kd_stop,
-                                    progress=progress,
-                                    desc=f"{pts}{3 * n_st} distilled students")  # fmt: skip
+                                    T=student_steps(cfg0), stop=KD.kd_stop, progress=progress,
+                                    desc=f"{pts}{3 * n_st} distilled students",
+                                    horizon=H)  # fmt: skip
             sets["students"] = (net.apply, students.params)
+            history["students"] = (net.apply, students.history_params)
             timing["train_students"] = time.perf_counter() - t
 
         if "average" in needs:
@@ -259,37 +285,65 @@ def run_many(
                 for c in cfgs
             ])  # fmt: skip
             averages = train_points(avg_net, x, y, V, Tc, avg_inits, etas=etas * mult,
-                                    progress=progress,
-                                    desc="training-average models")  # fmt: skip
+                                    progress=progress, desc="training-average models",
+                                    horizon=H)  # fmt: skip
             sets["average"] = (avg_net.apply, averages.params)
+            history["average"] = (avg_net.apply, averages.history_params)
             timing["train_average"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        evaluated = _evaluate_points(cfgs, V, sets)
-        timing["evaluate"] = time.perf_counter() - t
+        n_test = sum(c.verify.n_test_multi + c.verify.n_test_single
+                     for c in {test_key(c): c for c in cfgs}.values())  # fmt: skip
+        with prog.stage(f"test sets ({n_test:,} points)", progress, total=n_test, unit="points",
+                        compiling="the sampler and the evaluation") as st:  # fmt: skip
+            evaluated, curve_s = _evaluate_points(cfgs, V, sets, history, st)
+        ens_acc = curves.ensemble_train_accuracy(net.apply, singles.history_params, x, y)
+        timing["evaluate"] = time.perf_counter() - t - curve_s
+        timing["curves"] = time.perf_counter() - t - timing["evaluate"]
 
         out = []
         for q, c in enumerate(cfgs):
-            errors, ys, strong = evaluated[q]
+            errors, ys, strong, curve_counts = evaluated[q]
+            curve_counts["ensemble"]["train_accuracy"] = ens_acc[q][None]
             pick = lambda r, q=q: None if r is None else r.point(q)
             out.append(_measurements(c, net, V[q], sets_[q], truths[q], single_logits[q],
                                      pick(singles), pick(students), pick(averages),
-                                     errors, ys, strong, singles.steps, dict(timing)))  # fmt: skip
+                                     errors, ys, strong, singles.steps, dict(timing),
+                                     curve_counts))  # fmt: skip
         return out
 
 
 def _measurements(cfg, net, V, train_set, truth, single_logits, singles, students, averages,
-                  errors, ys, strong, steps, timing) -> Measurements:  # fmt: skip
+                  errors, ys, strong, steps, timing, curve_counts) -> Measurements:  # fmt: skip
     """One point's :class:`Measurements` from its slice of the batched stages."""
     n_st = cfg.distill.kd_students
     ens_acc = float(accuracy(single_logits.mean(0), train_set.y))
     weights = learners.reads_weights(cfg.model)
+    H = cfg.horizon_steps()
 
-    def group(name, trained, errs, sl=slice(None), members=False) -> Group:
+    def curve(counts, trained, sl, budget, members=False) -> dict[str, Any]:
+        c = {k: v[sl] if np.ndim(v) and k != "view_total" else v for k, v in counts.items()}
+        # The whole grid (GD's metrics stop where every model has): a model is frozen past
+        # its stop, its training accuracy the final one (NaN in the metrics there).
+        L, final = len(trained.history_steps), trained.final_accuracy[sl][:, None]
+        acc = np.full((final.shape[0], L), np.nan)
+        acc[:, : trained.accuracy.shape[-1]] = trained.accuracy[sl]
+        c.update(steps=trained.history_steps, horizon=min(H, budget),
+                 train_accuracy=np.where(np.isnan(acc), final, acc))  # fmt: skip
+        if weights and not members:  # Λ in time: when a student's views reach ϱ
+            lam = np.maximum(np.asarray(trained.alignment[sl]), 0.0)
+            c["alignment"] = np.concatenate(  # frozen past the last recorded metrics
+                [lam, np.repeat(lam[:, -1:], L - lam.shape[1], axis=1)], axis=1
+            )
+        return c
+
+    def group(name, trained, errs, sl=slice(None), members=False, budget=cfg.train.T) -> Group:
         em, es = errs[0][sl], errs[1][sl]
+        counts = curve_counts["average" if members else name if name == "single" else "students"]
         g = Group(name, em, es, trained.final_accuracy[sl], None, trained.stop_step[sl],
                   grad_evals=trained.grad_evals[sl],
-                  view_accuracy=mechanism.view_accuracy(es, ys, strong, cfg.data.k))  # fmt: skip
+                  view_accuracy=mechanism.view_accuracy(es, ys, strong, cfg.data.k),
+                  curve=curve(counts, trained, sl, budget, members))  # fmt: skip
         if weights:  # Λ: the patch CNN's reading; an averaged model's views are its members'
             params = jax.tree.map(lambda a: a[sl], trained.params)
             lam = np.asarray(model.view_strength(params, V))
@@ -302,14 +356,16 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
             g.views = mechanism.behavioural_views(g.view_accuracy, cfg.verify.view_accuracy)
         return g
 
+    ens_curve = dict(curve_counts["ensemble"], steps=singles.history_steps, horizon=H)
     groups = {
         "single": group("single", singles, errors["single"]),
-        "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc])),
+        "ensemble": Group("ensemble", *errors["ensemble"], np.array([ens_acc]), curve=ens_curve),
     }
     if students is not None:
         for j, name in enumerate(("kd", "self_distillation", "control")):
             sl = slice(j * n_st, (j + 1) * n_st)
-            groups[name] = group(name, students, errors["students"], sl)
+            groups[name] = group(name, students, errors["students"], sl,
+                                 budget=student_steps(cfg))  # fmt: skip
     if averages is not None:
         groups["training_average"] = group("training_average", averages, errors["average"],
                                            members=True)  # fmt: skip
@@ -331,6 +387,7 @@ def _measurements(cfg, net, V, train_set, truth, single_logits, singles, student
         timing=timing,
         single_train_logits=np.asarray(single_logits),
         view_analysis="weights" if weights else "behaviour",
+        horizon=H,
     )
 
 
@@ -369,25 +426,38 @@ def _errs_fn(applies: tuple[tuple[str, ApplyFn], ...]) -> Callable:
 
 
 def _evaluate_points(
-    cfgs: Sequence[Config], V: jax.Array, sets: dict[str, tuple[ApplyFn, jax.Array]]
-) -> list[tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]]:
+    cfgs: Sequence[Config],
+    V: jax.Array,
+    sets: dict[str, tuple[ApplyFn, jax.Array]],
+    history: dict[str, tuple[ApplyFn, Any]],
+    st: prog.Stage | None = None,
+) -> tuple[list[tuple[dict, np.ndarray, np.ndarray, dict]], float]:
     """One pass over each distinct chunked test set, every model of the points that draw
-    it on every chunk (no test set is held whole).
+    it on every chunk (no test set is held whole); the first points of each set also go
+    to the error curves (:class:`mvsim.curves.Accumulator`), every recorded model on them.
+    Stage ``st`` advances chunk by chunk.
 
-    V: (Q, k, 2, d); sets: {name: (apply, params (Q, S, ...))}. Returns per point
-    ({set name: (errors on the multi-view set (S, n_m), on the single-view set (S, n_s))}
-    plus 'ensemble', y and ℓ̂ of the single-view set).
+    V: (Q, k, 2, d); sets: {name: (apply, params (Q, S, ...))}; history: {name: (apply,
+    params (Q, S, L, ...))}. Returns per point ({set name: (errors on the multi-view set
+    (S, n_m), on the single-view set (S, n_s))} plus 'ensemble', y and ℓ̂ of the
+    single-view set, the curve counts {group: ...}), and the seconds the curves took.
     """
     fn = _errs_fn(tuple((n, f) for n, (f, _) in sets.items()))
     groups: dict[tuple, list[int]] = {}
     for q, c in enumerate(cfgs):
         groups.setdefault(test_key(c), []).append(q)
     out: list = [None] * len(cfgs)
+    curve_s = 0.0
     for qs in groups.values():
         cfg = cfgs[qs[0]]
         dtype = jnp.dtype(cfg.train.dtype)
         idx = np.asarray(qs)
-        params = {n: jax.tree.map(lambda a, i=idx: a[i], p) for n, (_, p) in sets.items()}
+        take = lambda a, i=idx: a[i]
+        params = {n: jax.tree.map(take, p) for n, (_, p) in sets.items()}
+        acc = curves.Accumulator({n: (f, jax.tree.map(take, p)) for n, (f, p) in history.items()},
+                                 min(cfg.verify.n_curve_multi, cfg.verify.n_test_multi),
+                                 min(cfg.verify.n_curve_single, cfg.verify.n_test_single),
+                                 cfg.data.k)  # fmt: skip
         kt_m, kt_s = jax.random.split(stream(cfg, "test"))
         result: dict[str, list[np.ndarray]] = {}
         meta_y, meta_s = [], []
@@ -396,6 +466,10 @@ def _evaluate_points(
             parts: list[dict] = []
             for b in data.iter_chunks(key, cfg.data, n, V[qs[0]], view, dtype=dtype) if n else ():
                 parts.append({k: np.asarray(v) for k, v in fn(params, b.x, b.y).items()})
+                if acc.wants(view):
+                    acc.add(view, b.x, b.y, b.strong_view)
+                if st is not None:
+                    st.advance(b.y.shape[0])
                 if view == "single":
                     meta_y.append(np.asarray(b.y))
                     meta_s.append(np.asarray(b.strong_view))
@@ -405,10 +479,11 @@ def _evaluate_points(
                        else np.zeros((len(qs), size, 0), bool))  # fmt: skip
                 result.setdefault(name, []).append(arr)
         ys, strong = np.concatenate(meta_y), np.concatenate(meta_s)
+        curve_s += acc.seconds
         for i, q in enumerate(qs):
             errors = {name: (v[0][i], v[1][i]) for name, v in result.items()}
-            out[q] = (errors, ys, strong)
-    return out
+            out[q] = (errors, ys, strong, acc.result(i))
+    return out, curve_s
 
 
 def _memorisation(cfg, net, singles, train_set, truth, V, views) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from mvsim import claims, data, distill, model
 from mvsim.config import make_config
 from mvsim.report import append_jsonl, jsonl_keys
 from mvsim.train import precision, train
-from mvsim.verify import stream, student_setup
+from mvsim.verify import stream, student_setup, student_steps
 
 VARIANTS: dict[str, dict] = {
     "paper,eta'=eta,T=2000": {},
@@ -92,7 +92,7 @@ def main() -> None:
             t = time.perf_counter()
             st = train(None, net, ts.x, ts.y, V, Tc, init_params=inits,
                        objective=distill.objective(KD), teacher_logits=teachers,
-                       T=KD.kd_T, stop="none")  # fmt: skip
+                       T=student_steps(vcfg), stop="none")  # fmt: skip
             views = np.asarray(model.views_learned(model.view_strength(st.params, V), thr))
             row = {"variant": name, "overrides": VARIANTS[name], "students": n,
                    "singles_seconds": t_single, "wall_s": time.perf_counter() - t,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -14,14 +16,27 @@ import pytest
 # changes no result, only who compiles.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvsim-jax-"))
 
-from mvsim import cli  # noqa: E402
+from mvsim import cli, progress  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_verify(tmp_path_factory) -> tuple[dict, object]:
-    """`mvsim verify --preset tiny --out DIR`, run once per session: (report.json's dict,
-    DIR). The verify and the report.html tests read it; a test that writes must copy it."""
+def tiny_run(tmp_path_factory) -> dict:
+    """`mvsim verify --preset tiny --out DIR`, run once per session with its progress
+    display on: {'report': report.json's dict, 'out': DIR, 'stderr': what it printed there
+    (not a terminal, so periodic lines rather than bars), 'events': every progress event}.
+    A fake clock that moves 10 s at each read lets every report through
+    (mvsim.progress.recording), so no wall time decides what the tests see."""
     out = tmp_path_factory.mktemp("verify")
-    rc = cli.main(["verify", "--preset", "tiny", "--out", str(out), "--no-progress"])
-    assert rc == 0
-    return json.loads((out / "report.json").read_text()), out
+    err = io.StringIO()
+    with progress.recording(progress.StepClock()) as events, contextlib.redirect_stderr(err):
+        rc = cli.main(["verify", "--preset", "tiny", "--out", str(out)])
+    assert rc == 0, err.getvalue()[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    return {"report": report, "out": out, "stderr": err.getvalue(), "events": events}
+
+
+@pytest.fixture(scope="session")
+def tiny_verify(tiny_run) -> tuple[dict, object]:
+    """(report.json's dict, DIR) of :func:`tiny_run`. The verify and the report.html tests
+    read it; a test that writes must copy it."""
+    return tiny_run["report"], tiny_run["out"]

@@ -144,3 +144,54 @@ def test_registry_ids_are_unique():
     assert len(ids) == len(set(ids))
     with pytest.raises(ValueError, match="unknown claim"):
         evaluate_all(_measurements(), ["nope"])
+
+
+# --- the trajectory reading -------------------------------------------------------------------
+
+STEPS = np.unique(np.concatenate([[0], np.round(np.logspace(0, 4, 40)), np.linspace(0, 1e4, 21)]))
+
+
+def _curve(reach: list[float], after: float, before: float = 0.6) -> dict:
+    """Single-view error `before` until each model's step in `reach`, `after` from then on,
+    on 20k + 20k curve points (μ = 0.5 resolves 0.001μ there), training set fitted."""
+    es = np.stack([np.where(STEPS < t0, before, after) for t0 in reach]) * NS
+    S, L = es.shape
+    return {"steps": STEPS, "horizon": 10_000, "n_multi": NM, "n_single": NS,
+            "errors_single": np.rint(es).astype(int), "errors_multi": np.zeros((S, L), int),
+            "train_accuracy": np.ones((S, L)), "view_correct": np.zeros((S, L, k, 2), int),
+            "view_total": np.ones((k, 2), int)}  # fmt: skip
+
+
+def test_students_sooner_than_controls_that_catch_up_by_the_cap():
+    """The demo's case: students and controls both end at 0 errors, so the end point cannot
+    tell them apart (INCONCLUSIVE); in time the students reach the level ten times sooner
+    (the mechanism PASSes), and the report says the readings disagree and why."""
+    m = _measurements(kd=0.0, ctrl=0.0, sd=0.0)
+    curves = {"single": _curve([300] * K, 0.5), "ensemble": _curve([400], 0.0),
+              "kd": _curve([300, 420], 0.0), "self_distillation": _curve([350, 500], 0.0),
+              "control": _curve([4000, 5200], 0.0),
+              "training_average": _curve([200] * 2, 0.6)}  # fmt: skip
+    for name, c in curves.items():
+        m.groups[name].curve = c
+    r = _by_id(m)
+    kd = r["kd"].to_dict()
+    assert kd["verdict"] == "INCONCLUSIVE"  # the controls reach 0 errors too
+    t = kd["trajectory"]
+    assert t["mechanism"]["verdict"] == "PASS" and t["level_verdict"] == "PASS"
+    assert t["verdict"] == "PASS" and "the readings disagree" in t["readings"]
+    assert [p["control_time"] for p in t["mechanism"]["times"]["0.001"]["pairs"]] == [
+        STEPS[np.argmax(STEPS >= x)] for x in (4000, 5200)
+    ]
+    assert t["mechanism"]["areas"]["linear"]["mean"] < 0
+    sd = r["self_distillation"].trajectory
+    assert set(sd["mechanism"]["times"]) == {"0.26", "0.51"}  # its level and the single's
+    # In the band from t = 300 on, but 20k points at the per-time level 1 − 0.05/L cannot
+    # resolve a band 0.02μ wide: INCONCLUSIVE, as the end point with 4×20k points PASSes.
+    assert r["single"].trajectory["verdict"] == "INCONCLUSIVE"
+    assert r["single"].verdict.name == "PASS"
+    assert r["training_average"].trajectory["level_verdict"] == "PASS"
+
+
+def test_without_curves_there_is_only_the_end_point():
+    rep = evaluate_all(_measurements())
+    assert all(r.trajectory is None and "trajectory" not in r.to_dict() for r in rep)

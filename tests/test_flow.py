@@ -98,6 +98,14 @@ def test_flow_history_is_recorded_at_gd_equivalent_steps():
             final[s], ((~live).sum(), *final.shape[1:])), rtol=0, atol=1e-6)  # fmt: skip
         # the recorded loss falls from the init to the stop, as GD's does
         assert r.loss[s, live][-1] < r.loss[s, 0]
+    # the weights at the recorded steps give the recorded Λ, and are the final ones past
+    # a seed's stop (the solver saves inf there)
+    h = np.asarray(r.history_params)
+    lam = jax.vmap(jax.vmap(model.alignment, in_axes=(0, None)), in_axes=(0, None))(h, V)
+    np.testing.assert_allclose(np.asarray(lam), r.alignment, rtol=1e-6, atol=1e-6)
+    for s in range(S):
+        past = r.steps > r.stop_step[s] * (1 + 1e-6)
+        np.testing.assert_array_equal(h[s, past], np.broadcast_to(r.params[s], h[s, past].shape))
     # final accuracy exactly 1 for every stopped seed: the stop is located past the root
     stopped = r.stop_step < cfg.train.T
     assert stopped.any() and np.all(r.final_accuracy[stopped] == 1.0)
@@ -206,6 +214,23 @@ def test_flow_and_gd_per_model_errors_overlap_within_their_cis():
                                      mu) for h in (a, b))  # fmt: skip
             (lo_a, hi_a), (lo_b, hi_b) = ea.ci_over_mu(), eb.ci_over_mu()
             assert lo_a <= hi_b and lo_b <= hi_a, (name, s, ea.ci_over_mu(), eb.ci_over_mu())
+
+
+def test_gd_records_the_error_curves_the_flow_records():
+    """GD's path gives every group its error curve too, on the same recorded steps, and the
+    same trajectory verdicts (kd and self-distillation: level and mechanism in time)."""
+    from mvsim import claims
+
+    f, g = verified()
+    for name in ("single", "ensemble", "kd", "self_distillation", "control"):
+        a, b = f.groups[name].curve, g.groups[name].curve
+        np.testing.assert_array_equal(a["steps"], b["steps"], err_msg=name)
+        assert a["errors_single"].shape == b["errors_single"].shape
+    ra, rb = ({r.id: r.trajectory for r in claims.evaluate_all(m)} for m in (f, g))
+    for cid in ra:
+        assert ra[cid]["verdict"] == rb[cid]["verdict"], cid
+        if "mechanism" in ra[cid]:
+            assert ra[cid]["mechanism"]["verdict"] == rb[cid]["mechanism"]["verdict"], cid
 
 
 def test_students_gain_the_same_views_by_source():

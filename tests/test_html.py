@@ -184,6 +184,18 @@ _MEASURE = """<script>
     }),
     claims: Object.fromEntries([...document.querySelectorAll("tr[id^=claim-]")]
       .map((tr) => [tr.id.slice(6), tr.innerText])),
+    lead: (() => {
+      const box = (el) => {
+        const r = el.getBoundingClientRect();
+        return [r.left, r.top, r.right, r.bottom];
+      };
+      const table = document.querySelector("table.claims");
+      const fig = document.getElementById("figure-error_curves");
+      const wrap = table.parentElement;
+      return {table: box(table), figure: fig ? box(fig) : null,
+              clipped: wrap.scrollWidth > wrap.clientWidth + 1,
+              readings: box(document.getElementById("readings"))};
+    })(),
   };
   const pre = document.createElement("pre");
   pre.id = "mvsim-measure";
@@ -245,6 +257,17 @@ def test_chromium_renders_the_page(tiny_verify, tmp_path) -> None:
     assert set(m["claims"]) == {c["id"] for c in rep["claims"]}
     for c in rep["claims"]:
         assert c["id"] in m["claims"][c["id"]] and c["verdict"] in m["claims"][c["id"]]
+
+    # the error curves follow the verdict table, whose every column shows, before the
+    # two readings; on a wide screen (below) they sit beside it
+    lead = m["lead"]
+    assert not lead["clipped"] and lead["figure"] is not None
+    assert lead["table"][3] <= lead["figure"][1] + 1 and lead["figure"][3] <= lead["readings"][1]
+    dom = _run_chromium(browser, tmp_path, "--window-size=1700,900", "--dump-dom",
+                        probe.as_uri())  # fmt: skip
+    found = re.search(r'<pre id="mvsim-measure">(.*?)</pre>', dom, re.S)
+    wide = json.loads(html_lib.unescape(found.group(1)))["lead"]
+    assert wide["figure"][0] >= wide["table"][2] and wide["figure"][1] < wide["table"][3], wide
 
     shot = tmp_path / "report.png"
     _run_chromium(browser, tmp_path, "--window-size=1280,2000", f"--screenshot={shot}",

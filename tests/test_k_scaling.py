@@ -130,6 +130,20 @@ def run_store(tmp_path_factory):
     return store, rep, calls
 
 
+def test_ensemble_members_follow_the_missed_view_rule():
+    """A member misses a view with q = f1/2 + f0; K members leave q^K of the single-view
+    stratum to views none learned, so K is the least with q^K below 0.001."""
+    for f1, f0 in ((0.84, 0.0), (0.69, 0.0), (0.79, 0.06), (0.5, 0.2)):
+        q, K = f1 / 2 + f0, k_scaling.ensemble_members_needed(f1, f0)
+        assert q**K < 0.001 <= q ** (K - 1), (f1, f0, K)
+    assert k_scaling.ensemble_members_needed(0.84, 0.0) == 8  # the demo's k = 40 (4 seeds)
+    assert k_scaling.ensemble_members_needed(0.0, 1.0) is None  # no member learns a view
+    row = {"frac_one_view": 0.84, "frac_no_view": 0.0}
+    small, enough = k_scaling.ensemble_size(row, 4, 40), k_scaling.ensemble_size(row, 8, 40)
+    assert small["ensemble_too_small"] and not enough["ensemble_too_small"]
+    assert small["ensemble_missed_views_expected"] == pytest.approx(80 * 0.42**4)
+
+
 def test_the_store_is_written_and_resumed(run_store):
     store, rep, calls = run_store
     assert calls == [[2], [3]]

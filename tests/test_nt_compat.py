@@ -10,6 +10,8 @@ Analytic references are computed in float64 numpy from the arc-cosine formulas
 """
 
 import functools
+import importlib
+import re
 import sys
 import warnings
 
@@ -18,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvsim._nt_compat import import_neural_tangents
+from mvsim import model
+from mvsim._nt_compat import TF_ONLY, import_neural_tangents
 
 nt = import_neural_tangents()
 stax = nt.stax
@@ -62,9 +65,6 @@ def test_import_is_idempotent_and_experimental_is_stubbed() -> None:
     assert nt.__version__ == "0.6.5"
     assert import_neural_tangents() is nt
     assert "tensorflow" not in sys.modules
-    # The TF-only subpackage is a stub that fails loudly (but hasattr-safely) on use.
-    with pytest.raises(AttributeError, match="TensorFlow"):
-        nt.experimental.empirical_ntk_fn_tf  # noqa: B018
     for name in ("Jaxpr", "JaxprEqn", "Literal", "Primitive", "Var", "ShapedArray"):
         assert hasattr(jax.core, name), name
     from jax.interpreters import ad
@@ -75,6 +75,50 @@ def test_import_is_idempotent_and_experimental_is_stubbed() -> None:
     with pytest.raises(ValueError):
         safe_zip([1, 2], [3])
     assert hasattr(ad, "zeros_like_p")
+
+
+def test_tensorflow_only_entry_points_say_so() -> None:
+    """neural_tangents.experimental is TensorFlow's (jax2tf): each of its entry points, however
+    reached, raises an ImportError that names it, not TensorFlow's ModuleNotFoundError."""
+    message = r"{}\.{} is neural-tangents' TensorFlow-only .* use neural_tangents\.empirical_ntk_fn"
+    for module, names in TF_ONLY.items():
+        stub = importlib.import_module(module)
+        for name in names:
+            with pytest.raises(ImportError, match=message.format(re.escape(module), name)):
+                getattr(stub, name)
+    with pytest.raises(ImportError, match="experimental.empirical_ntk_fn_tf is"):
+        from neural_tangents.experimental import empirical_ntk_fn_tf  # noqa: F401
+    with pytest.raises(ImportError, match="empirical.get_apply_fn_and_params is"):
+        from neural_tangents.experimental.empirical_tf.empirical import (  # noqa: F401
+            get_apply_fn_and_params,
+        )
+    with pytest.raises(ImportError, match="empirical_tf.empirical.empirical_ntk_fn_tf is"):
+        nt.experimental.empirical_tf.empirical.empirical_ntk_fn_tf  # noqa: B018
+    # Other names stay plain AttributeErrors, so hasattr() and introspection work.
+    assert not hasattr(nt.experimental, "__file__")
+    assert "tensorflow" not in sys.modules
+
+
+def test_jax_older_than_supported_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run-time patches follow current JAX's internals: an old JAX gets an ImportError
+    that names both versions, before anything is patched."""
+    monkeypatch.setattr(jax, "__version__", "0.4.23")
+    with pytest.raises(ImportError, match=r"needs jax >= 0\.10, found jax 0\.4\.23"):
+        import_neural_tangents()
+    monkeypatch.setattr(jax, "__version__", "0.10.0.dev20260101")
+    assert import_neural_tangents() is nt
+
+
+def test_structured_derivatives_on_a_changed_jax_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Implementation 3 walks JAX's linearize; if JAX changes its signature again, the user
+    gets told which implementations still work, not a TypeError from deep inside."""
+    from jax.interpreters import ad
+
+    monkeypatch.setattr(ad, "linearize", lambda traceable, *primals, has_aux=False: None)
+    apply_fn, params, x1, _ = _finite_net()
+    ntk_fn = nt.empirical_ntk_fn(apply_fn, implementation=3)
+    with pytest.raises(NotImplementedError, match="use implementation 1 or 2"):
+        ntk_fn(x1, None, params)
 
 
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,49 +237,111 @@ def test_batched_kernel_equals_unbatched() -> None:
         np.testing.assert_allclose(kb.ntk, k.ntk, atol=NTK_TOL)
 
 
+def test_predict_under_vmap_and_max_learning_rate() -> None:
+    """Feature 4b: gradient_descent_mse on a kernel that is a vmap tracer (it escaped its
+    trace on current JAX), and max_learning_rate on the CPU (its SciPy call lost a keyword)."""
+    kernel_fn = _jit(_mlp()[2])
+    xs = jnp.stack([_inputs(5, seed=s) for s in range(3)])
+    k_dd = jax.vmap(lambda x: kernel_fn(x, None, "ntk"))(xs)  # (3, 5, 5)
+    y = jnp.asarray(np.random.default_rng(4).normal(size=(5, 1)), jnp.float32)
+    fx0 = jnp.zeros_like(y)
+
+    def predict(k: jax.Array) -> jax.Array:
+        return nt.predict.gradient_descent_mse(k, y, diag_reg=1e-4)(2.0, fx0)
+
+    batched = jax.vmap(predict)(k_dd)
+    for k, b in zip(k_dd, batched, strict=True):
+        np.testing.assert_allclose(b, predict(k), rtol=1e-5, atol=1e-6)
+    lam_max = np.linalg.eigvalsh(np.asarray(k_dd[0], np.float64))[-1]
+    lr = nt.predict.max_learning_rate(k_dd[0])
+    np.testing.assert_allclose(lr, 2 * 5 / (lam_max + 1e-12), rtol=1e-5)
+
+
+# Float32 agreement of two empirical-NTK implementations, relative to the kernel's largest
+# entry: they contract the same Jacobians in different orders (measured: <= 1.1e-7 on both
+# networks below, i.e. about one float32 ulp of the largest entry).
+F32_REL = 1e-6
+
+
 @functools.cache
 def _finite_net():
+    """A small stax network: (apply_fn, params, x1, x2), two outputs."""
     init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(2))
-    x = _inputs(4)
-    _, params = jax.jit(init_fn, static_argnums=1)(jax.random.PRNGKey(0), x.shape)
-    return apply_fn, params, x
+    x1, x2 = _inputs(4), _inputs(3, seed=1)
+    _, params = jax.jit(init_fn, static_argnums=1)(jax.random.PRNGKey(0), x1.shape)
+    return apply_fn, params, x1, x2
 
 
-def test_empirical_ntk_implementations_1_and_2_agree() -> None:
-    """Feature 6: implementations 1 (Jacobian contraction) and 2 (NTK-vector products)
-    agree with each other and with an explicit J J^T."""
-    apply_fn, params, x = _finite_net()
-    ntks = [
-        jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=impl))(
-            x, None, params
+@functools.cache
+def _patch_cnn():
+    """mvsim's learner, model.apply (k=3 classes, m=8 neurons, P=4 patches, d=5), at a
+    random W: (apply_fn, W, x1, x2)."""
+    q, varrho = 3, 0.3
+    k, m, n_patches, d = 3, 8, 4, 5
+    W = 0.5 * jax.random.normal(jax.random.key(0), (k, m, d))
+    x1 = _inputs(4 * n_patches, d).reshape(4, n_patches, d) / np.sqrt(d)
+    x2 = _inputs(3 * n_patches, d, seed=1).reshape(3, n_patches, d) / np.sqrt(d)
+    return (lambda W, x: model.apply(W, x, q, varrho)), W, x1, x2
+
+
+def _explicit_ntk(apply_fn, params, x1, x2) -> np.ndarray:
+    """J(x1) J(x2)^T from full Jacobians, shape (n1, n2, out, out)."""
+
+    def flat_jacobian(x):
+        jac = jax.jacobian(apply_fn)(params, x)  # leaves (n, out, *param_shape)
+        return jnp.concatenate([j.reshape(*j.shape[:2], -1) for j in jax.tree.leaves(jac)], -1)
+
+    jac1, jac2 = jax.jit(lambda: (flat_jacobian(x1), flat_jacobian(x2)))()
+    return np.asarray(jnp.einsum("aip,bjp->abij", jac1, jac2))
+
+
+NETS = {"stax MLP": _finite_net, "patch CNN": _patch_cnn}
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_empirical_ntk_implementations_agree(net: str) -> None:
+    """Feature 6: empirical_ntk_fn's implementations 2 (NTK-vector products) and 3
+    (structured derivatives, which walks JAX's linearized jaxpr: the part current JAX
+    broke) agree with 1 (Jacobian contraction) to float32 precision, and 1 with J J^T."""
+    apply_fn, params, x1, x2 = NETS[net]()
+    # Jitted: one compile is 5-10x faster than NT's op-by-op path.
+    ntk = {
+        impl: np.asarray(
+            jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=impl))(
+                x1, x2, params
+            )
         )
-        for impl in (1, 2)
-    ]
-    jac = jax.jit(jax.jacobian(apply_fn))(params, x)  # leaves of shape (n, 2, *param_shape)
-    flat = jnp.concatenate(
-        [j.reshape(j.shape[0] * j.shape[1], -1) for j in jax.tree.leaves(jac)], 1
-    )
-    explicit = (flat @ flat.T).reshape(4, 2, 4, 2).transpose(0, 2, 1, 3)
-    assert ntks[0].shape == (4, 4, 2, 2)
-    np.testing.assert_allclose(ntks[0], ntks[1], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(ntks[0], explicit, rtol=1e-4, atol=1e-5)
+        for impl in (1, 2, 3)
+    }
+    n_out = apply_fn(params, x1).shape[1]
+    assert ntk[1].shape == (len(x1), len(x2), n_out, n_out)
+    scale = np.abs(ntk[1]).max()
+    assert scale > 0.1
+    for impl in (2, 3):
+        np.testing.assert_allclose(ntk[impl], ntk[1], rtol=0, atol=F32_REL * scale, err_msg=impl)
+    explicit = _explicit_ntk(apply_fn, params, x1, x2)
+    np.testing.assert_allclose(ntk[1], explicit, rtol=0, atol=F32_REL * scale)
 
 
-def test_empirical_ntk_implementation_3_is_broken_on_current_jax() -> None:
-    """Implementation 3 (structured derivatives) relies on JAX internals that changed:
-    on jax 0.10 it raises TypeError ("linearize() got multiple values for argument
-    'has_aux'") from jax.interpreters.ad.linearize. If this starts passing, upstream
-    or JAX fixed it: update this test and the _nt_compat docstring."""
-    apply_fn, params, x = _finite_net()
-    ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=3)
-    with pytest.raises((TypeError, AttributeError)):
-        ntk_fn(x, None, params)
+def test_empirical_ntk_auto_measures_flops_and_agrees(capsys: pytest.CaptureFixture) -> None:
+    """implementation=AUTO (0) compiles 1, 2 and 3, reads their flops from XLA's cost
+    analysis (a dict on current JAX, a list before) and runs the cheapest."""
+    apply_fn, params, x1, x2 = _patch_cnn()
+    fns = {
+        impl: nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=impl)
+        for impl in (0, 1)
+    }
+    auto, ref = (np.asarray(fns[impl](x1, x2, params)) for impl in (0, 1))
+    flops = re.findall(r"impl=(\d), flops=([\d.e+]+)", capsys.readouterr().out)
+    assert [i for i, _ in flops] == ["1", "2", "3"] and all(float(f) > 0 for _, f in flops)
+    np.testing.assert_allclose(auto, ref, rtol=0, atol=F32_REL * np.abs(ref).max())
 
 
 def test_mvsim_neural_tangents_imports_it_in_a_fresh_interpreter():
     """`mvsim.neural_tangents()` is the public way in: in a new process (nothing patched
-    yet) it returns the module, its kernels work, and a later `import neural_tangents`
-    gets the same module."""
+    yet) it returns the module, and a later plain `import neural_tangents` gets the same,
+    working module: its analytic kernel, and its structured-derivatives empirical NTK
+    (implementation 3, patched at run time) equal to implementation 1."""
     import subprocess
 
     code = (
@@ -247,6 +353,13 @@ def test_mvsim_neural_tangents_imports_it_in_a_fresh_interpreter():
         "x = np.eye(3, dtype=np.float32)\n"
         "k = np.asarray(kernel_fn(x, x, 'nngp'))\n"
         "assert k.shape == (3, 3) and np.isfinite(k).all() and (np.diag(k) > 0).all()\n"
+        "import jax\n"
+        "init_fn, apply_fn, _ = neural_tangents.stax.serial(\n"
+        "    neural_tangents.stax.Dense(8), neural_tangents.stax.Relu())\n"
+        "_, params = init_fn(jax.random.PRNGKey(0), x.shape)\n"
+        "ntk1, ntk3 = (np.asarray(jax.jit(neural_tangents.empirical_ntk_fn(\n"
+        "    apply_fn, implementation=i))(x, None, params)) for i in (1, 3))\n"
+        "assert ntk1.shape == (3, 3) and np.abs(ntk3 - ntk1).max() <= 1e-6 * np.abs(ntk1).max()\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -111,8 +111,6 @@ def test_hermite_coefficients_bessel_and_completeness() -> None:
     assert (gaps[1][1:] < gaps[0][1:]).all()
 
 
-# NT's implementation 2 calls jnp.size on a ShapeDtypeStruct (a known risk, _nt_compat).
-@pytest.mark.filterwarnings("ignore:size requires ndarray:DeprecationWarning")
 def test_empirical_ntk_matches_neural_tangents_empirical_ntk_fn() -> None:
     """Our plain-JAX Jacobian NTK equals nt.empirical_ntk_fn (implementations 1 and 2) on
     the same finite network: the same number computed twice, so float64 rounding only."""

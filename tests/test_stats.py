@@ -21,6 +21,7 @@ from mvsim.stats import (
     paired_diff_ci,
     regularized_beta,
     required_n,
+    t_quantile,
     two_proportion_diff_ci,
     verdict,
     wilson_interval,
@@ -103,6 +104,10 @@ def test_special_functions_match_scipy():
         )
     for p in [1e-12, 0.001, 0.3, 0.9999]:
         assert normal_quantile(p) == pytest.approx(scipy_stats.norm.ppf(p), rel=1e-13)
+    for df in (1, 2, 3, 4, 15, 200):  # the trajectory reading's intervals over models
+        for p in (0.975, 0.9, 0.6, 0.025):
+            assert t_quantile(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-10)
+    assert t_quantile(0.5, 3) == 0.0
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from mvsim.train import (
     accuracy,
     correct,
     cross_entropy,
+    history_steps,
     log_steps,
     precision,
     train,
@@ -295,6 +296,29 @@ def test_history():
         loss, acc = metrics(r.params[s])
         assert r.final_loss[s] == pytest.approx(float(loss), rel=1e-5)
         assert r.final_accuracy[s] == float(acc)
+    # the weights at the recorded steps (what the error curves evaluate): those after t
+    # updates, as plain GD gives them, and frozen past a seed's stop
+    h = np.asarray(r.history_params)
+    assert h.shape == (S, L, *r.params.shape[1:])
+    np.testing.assert_allclose(np.asarray(align(h.reshape(-1, *h.shape[2:]), V)).reshape(
+        r.alignment.shape), r.alignment, rtol=1e-6, atol=1e-6)  # fmt: skip
+    Ws = reference(r.init_params[0], 60)[0]
+    for j in np.flatnonzero(r.steps <= 60):
+        np.testing.assert_allclose(h[0, j], Ws[r.steps[j]], rtol=0, atol=W_TOL)
+    for s in range(S):
+        past = r.steps > r.stop_step[s]
+        np.testing.assert_array_equal(h[s, past], np.broadcast_to(r.params[s], h[s, past].shape))
+
+
+def test_history_steps_up_to_the_horizon_do_not_depend_on_the_cap():
+    """The trajectory reading compares runs whose caps differ: the recorded steps up to
+    the horizon are those of the horizon whatever T is, then T's own past it."""
+    for T in (2000, 4000, 20_000):
+        st = history_steps(T, 48, 1000)
+        np.testing.assert_array_equal(st[st <= 1000], log_steps(1000, 48))
+        np.testing.assert_array_equal(st[st > 1000], log_steps(T, 48)[log_steps(T, 48) > 1000])
+    np.testing.assert_array_equal(history_steps(500, 48, None), log_steps(500, 48))
+    np.testing.assert_array_equal(history_steps(500, 48, 500), log_steps(500, 48))
 
 
 def test_log_steps():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,6 +94,10 @@ def test_single_model_learns_about_one_view_per_class(report):
         (["--set", "k"], "k"),
         (["--preset", "nope"], "preset"),
         (["--claims", "single,bogus"], "--claims"),
+        (["--set", "horizon=0"], "horizon"),  # a horizon of 0
+        (["--set", "horizon=5000"], "horizon"),  # beyond the singles' cap T = 2000
+        (["--set", "kd_T=300", "--set", "horizon=400"], "horizon"),  # beyond the students'
+        (["--set", "n_log=1"], "n_log"),  # a time grid of fewer than 2 points
     ],
 )
 def test_bad_input_fails_before_compute(argv, field, capsys):
@@ -196,6 +201,8 @@ def test_run_many_gives_each_point_what_run_gives_it():
             for attr in ("steps", "views"):
                 if getattr(g, attr) is not None:
                     np.testing.assert_array_equal(getattr(h, attr), getattr(g, attr))
+            for key in ("errors_multi", "errors_single", "train_accuracy", "view_correct"):
+                np.testing.assert_array_equal(h.curve[key], g.curve[key], err_msg=(name, key))
         np.testing.assert_array_equal(m.test_single_y, alone.test_single_y)
         np.testing.assert_array_equal(m.lottery, alone.lottery)
     wrong = [int(m.groups["single"].errors_single.sum()) for m in together]
@@ -255,3 +262,96 @@ def test_strict_keeps_0_without_a_fail(report, capsys):
     failed = [c for c in rep["claims"] if c["verdict"] == "FAIL"]
     assert cli._strict_status(True, rep["claims"]) == (1 if failed else 0)
     assert cli._strict_status(False, rep["claims"]) == 0
+
+
+# --- verdicts that do not move with the budget ----------------------------------------------
+
+
+def test_no_trajectory_verdict_moves_when_every_cap_doubles(report, tmp_path):
+    """tiny (horizon 500) against tiny with every cap doubled: the singles' T (2000 → 4000),
+    the students' (500 → 1000) and the solver's step cap. The trajectory reading looks at
+    t ≤ 500 only, whose recorded times and dynamics the caps do not touch, so none of its
+    verdicts moves, KD's and self-distillation's mechanism in time included; end-point
+    verdicts may (tiny's students are far from any limit at 500 steps)."""
+    from mvsim import claims, verify
+    from mvsim import report as report_mod
+    from mvsim.config import make_config
+
+    rep, _ = report
+    cfg = rep["config"]
+    caps = {"T": 2 * cfg["train"]["T"], "kd_T": 1000,
+            "flow_max_steps": 2 * cfg["train"]["flow_max_steps"]}  # fmt: skip
+    doubled = make_config("tiny", {"horizon": 500, **caps})
+    m = verify.run(doubled, progress=False)
+    rep2 = json.loads(json.dumps(report_mod.build(m, claims.evaluate_all(m)),
+                                 default=report_mod.json_default))  # fmt: skip
+    assert cfg["verify"]["horizon"] == rep2["config"]["verify"]["horizon"] == 500
+    for a, b in zip(rep["claims"], rep2["claims"], strict=True):
+        ta, tb = a["trajectory"], b["trajectory"]
+        assert (ta["verdict"], ta["level_verdict"]) == (tb["verdict"], tb["level_verdict"]), a["id"]
+        if "mechanism" in ta:
+            for level, pa in ta["mechanism"]["times"].items():
+                assert pa["verdict"] == tb["mechanism"]["times"][level]["verdict"], (a["id"], level)
+        np.testing.assert_allclose(ta["fraction_at_level"], tb["fraction_at_level"], atol=0.02)
+    # the reason: the error curves up to the horizon are the same (the last point is where
+    # the shorter run's solver clipped its final step). Not the students': their teachers
+    # are the singles at their end, which moves for a single still running at T = 2000.
+    for name in ("single", "ensemble", "training_average"):
+        ca, cb = rep["curves"]["groups"][name], rep2["curves"]["groups"][name]
+        t = np.asarray(ca["steps"])
+        assert t[t <= 500].tolist() == [s for s in cb["steps"] if s <= 500], name
+        for key in ("errors_single", "errors_multi"):
+            a, b = (np.asarray(c[key])[:, : (t <= 500).sum()] for c in (ca, cb))
+            np.testing.assert_array_equal(a[:, :-1], b[:, :-1], err_msg=(name, key))
+            assert np.abs(a[:, -1] - b[:, -1]).max() <= 0.01 * ca["n_single"], (name, key)
+
+
+# --- progress (issue 28) ---------------------------------------------------------------------
+
+TRAINING_STAGES = ("3 single models", "6 distilled students", "training-average models")
+
+
+def test_each_training_stage_reports_before_its_end(tiny_run):
+    """The tiny run's progress (conftest: display on, a non-terminal stderr, a fake clock
+    that lets every report through): each training stage's bar moves while its flow solve
+    runs, with the flow meter's postfix, after naming its compile, and ends on one line
+    with its time. The test sets advance chunk by chunk."""
+    events, err = tiny_run["events"], tiny_run["stderr"]
+    for name in (*TRAINING_STAGES, "test sets (4,000 points)"):
+        mine = [e for e in events if e.stage == name]
+        kinds = [e.kind for e in mine]
+        assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("end") == 1, name
+        inside = [e for e in mine if e.kind == "update" and 0 < e.n < e.total]
+        assert inside, f"{name}: no report between its start and its end"
+        assert max(e.t for e in inside) < mine[-1].t
+    for name in TRAINING_STAGES:
+        mine = [e for e in events if e.stage == name]
+        notes = [i for i, e in enumerate(mine) if e.kind == "note"]
+        first = next(i for i, e in enumerate(mine) if e.kind == "update")
+        assert notes and notes[0] < first  # XLA compiled the solver before its first step
+        assert mine[notes[0]].text == "compiling the flow solver (once per shape)"
+        assert any("grads/model" in e.text and "done" in e.text for e in mine[first:])
+        # ... and what a log shows: periodic lines with the step reached, then the end line
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"{name}: ")]
+        steps = [re.match(rf"{name}: ([\d,]+)/([\d,]+) steps", ln) for ln in lines]
+        assert any(m and 0 < int(m[1].replace(",", "")) < int(m[2].replace(",", "")) for m in steps)
+        end = rf"{name}: .+ \(compiling .+\); stopped at step .+ gradient evaluations per model"
+        assert re.fullmatch(end, lines[-1]), lines[-1]
+    assert "sampling the training set: " in err
+    assert "\r" not in err  # a log gets lines, not a bar's carriage returns
+
+
+def test_no_progress_prints_one_line_per_stage(capsys):
+    """--no-progress: one line per stage with its time on stderr, nothing in between, and
+    the flow compiled without its meter (no report from inside the solve)."""
+    from mvsim import progress
+
+    argv = ["verify", "--preset", "tiny", "--seeds", "1", "--claims", "single", "--set", "T=1",
+            "--set", "n_test_multi=200", "--set", "n_test_single=200", "--no-progress"]  # fmt: skip
+    with progress.recording() as events:
+        assert cli.main(argv) == 0  # the run of test_strict_exits_1_when_a_claim_fails
+    err = capsys.readouterr().err.splitlines()
+    stages = ["sampling the training set", "1 single models", "test sets (400 points)"]
+    assert [ln.split(": ")[0] for ln in err] == stages, err
+    assert all(re.fullmatch(r".+: (\d+\.\d s|\d+ min \d\d s).*", ln) for ln in err), err
+    assert [e.n for e in events if e.stage == "1 single models" and e.kind == "update"] == [1]

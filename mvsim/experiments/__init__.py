@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mvsim.config import Config, ConfigError
-from mvsim.report import header, write_json
+from mvsim.report import header, text_table, write_json
 from mvsim.stats import clopper_pearson_interval
 
 NAMES = ("dropping", "gaussian", "learners", "theory-scaling", "k-scaling", "race")
@@ -71,13 +71,6 @@ def fmt_ci(rate: float, lo: float, hi: float, digits: int = 3) -> str:
         return "—"
     end = lambda v, inf: inf if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
     return f"{rate:.{digits}f} [{end(lo, '−∞')}, {end(hi, '∞')}]"
-
-
-def text_table(head: list[str], body: list[list[str]]) -> list[str]:
-    """Left-aligned columns, a dashed rule under the header."""
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in body]
 
 
 def write(

@@ -37,6 +37,7 @@ import numpy as np
 from mvsim import data, model
 from mvsim.config import Config, ConfigError
 from mvsim.experiments import check_seeds, envelope, fmt_ci, rate_ci, text_table
+from mvsim.progress import Progress
 from mvsim.train import correct, precision, train
 from mvsim.verify import stream
 
@@ -87,7 +88,7 @@ def _other_view_mask(views: np.ndarray) -> np.ndarray:
     return m
 
 
-def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+def run(cfg: Config, *, progress: Progress = True) -> dict[str, Any]:
     """Train the singles, drop neurons class by class, measure; returns the report dict."""
     timing: dict[str, float] = {}
     t_all = time.perf_counter()

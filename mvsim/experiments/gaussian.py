@@ -38,6 +38,7 @@ from mvsim import verify
 from mvsim.config import Config
 from mvsim.data import gaussian_bayes_error, gaussian_mean
 from mvsim.experiments import check_seeds, envelope, fmt_ci, text_table
+from mvsim.progress import Progress
 from mvsim.stats import (
     Estimate,
     Verdict,
@@ -113,7 +114,7 @@ def gain_verdict(
     )
 
 
-def run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+def run(cfg: Config, *, progress: Progress = True) -> dict[str, Any]:
     """Run single / ensemble / KD on both families; returns the report dict."""
     check_seeds("gaussian", cfg)
     t_all = time.perf_counter()

@@ -32,6 +32,7 @@ from mvsim import learners as learners_mod
 from mvsim.config import BUILTIN_LEARNERS, Config
 from mvsim.experiments import check_seeds, envelope, text_table
 from mvsim.presets import learner_fields
+from mvsim.progress import Progress
 from mvsim.report import write_json
 from mvsim.stats import Verdict, combine_verdicts
 
@@ -67,7 +68,7 @@ def run(
     cfg: Config,
     *,
     learners: tuple[str, ...] | None = None,
-    progress: bool = True,
+    progress: Progress = True,
     done: Path | None = None,
 ) -> dict[str, Any]:
     """verify with every claim for each learner; returns the report dict (``rows``: one
@@ -102,7 +103,7 @@ def run(
     return rep
 
 
-def _learner_part(c: Config, progress: bool, done: Path | None) -> dict[str, Any]:
+def _learner_part(c: Config, progress: Progress, done: Path | None) -> dict[str, Any]:
     """One learner's rows, answers and seconds: read from ``done`` when a run of this very
     config finished there, else measured (and kept there)."""
     path = None if done is None else Path(done) / f"{store.config_hash(c)}.json"

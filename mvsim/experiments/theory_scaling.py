@@ -23,6 +23,7 @@ import numpy as np
 from mvsim import claims, verify
 from mvsim.config import Config, ConfigError, make_config
 from mvsim.experiments import envelope, fmt_ci, text_table
+from mvsim.progress import Progress
 
 DEFAULT_KS = (4, 6, 8, 10)
 BAND = (0.49, 0.51)
@@ -71,7 +72,7 @@ def run(
     preset: str = "theory",
     overrides: Mapping[str, Any] | None = None,
     *,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> dict[str, Any]:
     """Claim ``single`` and the mechanism for every k; returns the report dict."""
     cfgs = configs(ks, preset, overrides)

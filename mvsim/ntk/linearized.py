@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, Int
 from mvsim import distill, model
 from mvsim.config import Config
 from mvsim.model import Network, Params
+from mvsim.progress import Progress
 from mvsim.train import Objective, TrainResult, train
 
 _LIN_CHUNK = 20  # GD steps per compiled chunk for linearized models
@@ -110,7 +111,7 @@ def train_singles(
     cfg: Config,
     lin: Network,
     ts: TrainingSet,
-    progress: bool = False,
+    progress: Progress = False,
 ) -> TrainResult:
     """``ntk_seeds`` linearized singles, GD to perfect training accuracy or ``ntk_T`` steps."""
     S = cfg.ntk.ntk_seeds
@@ -123,7 +124,7 @@ def train_averages(
     cfg: Config,
     lin_avg: Network,
     ts: TrainingSet,
-    progress: bool = False,
+    progress: Progress = False,
 ) -> TrainResult:
     """``ntk_avg_seeds`` training averages, each of ``ntk_avg_members`` jointly trained nets."""
     C = cfg.ntk
@@ -164,7 +165,7 @@ def train_students(
     deep_teacher_logits: Float[np.ndarray, "N k"] | None,
     ts: TrainingSet,
     dtype: Any,
-    progress: bool = False,
+    progress: Progress = False,
 ) -> tuple[Sequence[str], TrainResult]:
     """The students, in blocks of ``ntk_kd_students``, one block per variant of
     :func:`teacher_variants` (student j from single j's init, ``ntk_kd_T`` GD steps,

@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from mvsim import data, model
+from mvsim import progress as prog
 from mvsim.config import Config, ConfigError
 from mvsim.model import Network
 from mvsim.ntk.claims import LEVEL, Errors, group_errors, ntk_verdicts
@@ -84,7 +85,7 @@ def run_ntk(
     measurements: Any | None = None,
     *,
     deep_teacher_logits: np.ndarray | None = None,
-    progress: bool = False,
+    progress: prog.Progress = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The deep-vs-NTK table (report.json ``ntk``) and the NTK-side verdicts.
@@ -109,7 +110,8 @@ def run_ntk(
 
     Data: verify's streams, so the training set is verify's and the test sets are the
     first ``ntk_n_test_multi`` / ``ntk_n_test_single`` points of verify's test sets.
-    Verdicts: see :data:`VERDICT_DEFINITIONS`.
+    Verdicts: see :data:`VERDICT_DEFINITIONS`. ``progress``: each stage's display
+    (:mod:`mvsim.progress`; the trainings show their own).
 
     Raises :class:`ConfigError` naming ``learner`` for any learner but the patch CNN, the
     network whose kernel this is.
@@ -142,9 +144,10 @@ def run_ntk(
         with _timed(timing, "linearized_students"):
             variants, students = train_students(cfg, lin, singles, deep.logits, ts, dtype, progress)
         runs = Linearized(lin, singles, lin_avg, averages, variants, students)
-        with _timed(timing, "evaluate_linearized"):
+        with _timed(timing, "evaluate_linearized", progress, "NTK: linearized models on the "
+                    f"{C.ntk_n_test_multi + C.ntk_n_test_single:,} test points"):  # fmt: skip
             E = _evaluate(cfg, runs, deep.params, tests, dtype)
-    with _timed(timing, "kernel"):
+    with _timed(timing, "kernel", progress, "NTK: the infinite-width kernel predictor"):
         infinite = _infinite(cfg, x, y, tests)
     deep_test = _deep_teacher_errors(E, measurements, tests)
     out = _report(cfg, runs, E, infinite, measurements, deep, deep_test, tests)
@@ -153,9 +156,13 @@ def run_ntk(
 
 
 @contextlib.contextmanager
-def _timed(timing: dict[str, float], name: str) -> Iterator[None]:
+def _timed(
+    timing: dict[str, float], name: str, progress: prog.Progress = False, desc: str = ""
+) -> Iterator[None]:
+    """Time the block into ``timing[name]``; with a ``desc``, it is a stage of its own."""
     t = time.perf_counter()
-    yield
+    with prog.stage(desc, progress) if desc else contextlib.nullcontext():
+        yield
     timing[name] = time.perf_counter() - t
 
 
@@ -186,7 +193,7 @@ def _deep_teacher(
     y: jax.Array,
     V: jax.Array,
     dtype: Any,
-    progress: bool,
+    progress: prog.Progress,
 ) -> DeepTeacher:
     """The deep ensemble's training logits: given, else the mean of verify's singles' (when
     the measurements carry them), else of the first ``ntk_deep_teachers`` deep singles of
