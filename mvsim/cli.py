@@ -211,13 +211,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     mod = experiments.module(args.name)
     preset = args.preset or experiments.DEFAULT_PRESET[args.name]
     overrides = overrides_of(args)
-    for flag in ("family", "claims", "executor", "scheduler", "workers"):
-        if getattr(args, flag) is not None and args.name != "k-scaling":
-            raise ConfigError(f"--{flag}", getattr(args, flag),
-                              "applies to k-scaling only (its points go through the sweep "
-                              "store)")  # fmt: skip
+    only = (("family", ("k-scaling",)), ("claims", ("k-scaling", "race")),
+            ("levers", ("race",)), ("report_only", ("race",)), ("executor", ("k-scaling",)),
+            ("scheduler", ("k-scaling",)), ("workers", ("k-scaling",)))  # fmt: skip
+    for flag, names in only:
+        if getattr(args, flag) not in (None, False, []) and args.name not in names:
+            where = " and ".join(names)
+            raise ConfigError("--" + flag.replace("_", "-"), getattr(args, flag),
+                              f"applies to {where} only")  # fmt: skip
     if args.name == "k-scaling":
         rep = _k_scaling(args, mod, overrides)
+    elif args.name == "race":
+        rep = _race(args, mod, preset, overrides)
     elif args.name == "theory-scaling":
         rep = mod.run(_ks(args, mod), preset, overrides, progress=_progress(args))
     else:
@@ -264,6 +269,41 @@ def _k_scaling(args: argparse.Namespace, mod: Any, overrides: dict[str, Any]) ->
     # run() builds and validates every point before it trains anything.
     return mod.run(_ks(args, mod), family, overrides, store=args.store, claims=claims,
                    progress=not args.no_progress, **_executor_kw(args))  # fmt: skip
+
+
+def _race(args: argparse.Namespace, mod: Any, preset: str, overrides: dict[str, Any]) -> dict:
+    """The race lever map: its points go to the store (``--store``, else OUT/store.sqlite),
+    which a rerun of the same command resumes from."""
+    if not args.store and not args.out:
+        raise ConfigError("--store", None, "the race map keeps its points in a store: give "
+                          "--store F.sqlite or --out DIR")  # fmt: skip
+    args.store = args.store or str(Path(args.out) / "store.sqlite")
+    from mvsim import sweep
+
+    claims = sweep.check_claims(args.claims.split(",")) if args.claims else None
+    levers = mod.parse_levers(args.levers)
+    # run() builds and validates every point before it trains anything.
+    return mod.run(levers, overrides, store=args.store, claims=claims, preset=preset,
+                   checks=not args.no_checks, train=not args.report_only)  # fmt: skip
+
+
+def cmd_race_model(args: argparse.Namespace) -> int:
+    """``mvsim race-model``: the reduced race model's prediction for a config, without
+    training the network (:mod:`mvsim.race_model`)."""
+    from mvsim import race_model
+
+    if args.validate:
+        from mvsim import race_validation
+
+        rows = race_validation.run(args.validate, args.out or "race-validation.jsonl")
+        print(race_validation.table(rows))
+        return 0
+    cfg = resolve(args)
+    race_model.check(cfg)
+    res = race_model.predict(cfg, law=args.law, seed=args.law_seed)
+    rep = race_model.report(cfg, res)
+    print(json.dumps(rep) if args.json else race_model.text(rep))
+    return 0
 
 
 def cmd_plot_report(args: argparse.Namespace) -> int:
@@ -413,12 +453,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no bars: one line per stage, with its time")  # fmt: skip
     p.set_defaults(fn=cmd_verify)
 
+    p = sub.add_parser("race-model", help="the reduced race model's prediction for a config "
+                       "(two-view fraction, r50, race curve), without training")  # fmt: skip
+    _config_args(p)
+    p.add_argument("--seeds", type=int, help="models whose races are integrated (default: the "
+                   "preset's seeds)")  # fmt: skip
+    p.add_argument("--law", action="store_true", help="draw the inits from the init law "
+                   "instead of taking the full run's own (verify's init stream)")  # fmt: skip
+    p.add_argument("--law-seed", type=int, default=0, help="key of the --law draws")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.add_argument("--validate", nargs="+", metavar="STORE",
+                   help="instead: compare the model with every point of these sweep "
+                   "stores (resumable; rows: --out)")  # fmt: skip
+    p.add_argument("--out", help="--validate: the JSON-lines file of its rows "
+                   "(default race-validation.jsonl)")  # fmt: skip
+    p.set_defaults(fn=cmd_race_model)
+
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")
     p.add_argument("name", choices=("dropping", "gaussian", "learners", "theory-scaling",
-                                    "k-scaling"))  # fmt: skip
+                                    "k-scaling", "race"))  # fmt: skip
     p.add_argument("--preset", default=None,
                    help="preset (default: demo; theory for theory-scaling)")  # fmt: skip
-    p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all)")
+    p.add_argument("--claims", help="k-scaling: comma-separated claim ids (default: all); "
+                   "race: claims beyond single (default: single)")  # fmt: skip
+    p.add_argument("--levers", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="race: a lever and its values (repeatable; NAME= alone: its default "
+                   "range; none: every lever, mvsim.experiments.race.LEVERS)")  # fmt: skip
+    p.add_argument("--no-checks", action="store_true",
+                   help="race: skip the tighter-tolerance reruns of each lever's ends")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="race: train nothing; the report from what the store holds, listing "
+                   "the points it lacks as not run")  # fmt: skip
     p.add_argument("--family", default=None,
                    help="k-scaling: the preset family swept over k (demo, demo-logm, "
                    "demo-theory; default demo)")  # fmt: skip
@@ -431,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     _learner_arg(p)
     p.add_argument("--out", help="directory for report.json, figures/ and report.html")
     p.add_argument("--store", help="also store the result rows in this SQLite store "
-                   "(mvsim.store.read_experiments reads them back); k-scaling keeps its "
-                   "points there and resumes from it (default: OUT/store.sqlite)")  # fmt: skip
+                   "(mvsim.store.read_experiments reads them back); k-scaling and race keep "
+                   "their points there and resume from it (default: OUT/store.sqlite)")  # fmt: skip
     _executor_args(p)
     _cache_arg(p)
     p.add_argument("--no-progress", action="store_true",

@@ -10,6 +10,8 @@
   over k through the sweep store, every claim and the race model at each k.
 - ``learners`` (:mod:`.learners`, issue 18): every claim for the patch CNN, a ViT-tiny and
   an MLP (and a user's module) side by side on the same data.
+- ``race`` (:mod:`.race`, issue 24): the lever map of the race between a class's two views,
+  one lever at a time from the demo, through a sweep store.
 
 Each ``run_*`` is a function of a config (theory-scaling: of a preset, overrides and a
 list of k) and returns a JSON-ready report dict with the full config, versions, timing
@@ -28,13 +30,14 @@ from mvsim.config import Config, ConfigError
 from mvsim.report import header, text_table, write_json
 from mvsim.stats import clopper_pearson_interval
 
-NAMES = ("dropping", "gaussian", "learners", "theory-scaling", "k-scaling")
+NAMES = ("dropping", "gaussian", "learners", "theory-scaling", "k-scaling", "race")
 DEFAULT_PRESET = {"dropping": "demo", "gaussian": "demo", "learners": "demo",
-                  "theory-scaling": "theory", "k-scaling": "demo"}  # fmt: skip
+                  "theory-scaling": "theory", "k-scaling": "demo", "race": "demo"}  # fmt: skip
 # Single models each needs: dropping restores with the other seeds, gaussian and learners
 # measure an ensemble and KD students; theory-scaling evaluates the single models alone;
 # k-scaling's default claims include the ensemble.
-MIN_SEEDS = {"dropping": 2, "gaussian": 2, "learners": 2, "theory-scaling": 1, "k-scaling": 2}
+MIN_SEEDS = {"dropping": 2, "gaussian": 2, "learners": 2, "theory-scaling": 1, "k-scaling": 2,
+             "race": 1}  # fmt: skip
 
 
 def check_seeds(name: str, cfg: Config) -> None:
@@ -101,6 +104,8 @@ def module(name: str):
         from mvsim.experiments import theory_scaling as mod
     elif name == "k-scaling":
         from mvsim.experiments import k_scaling as mod
+    elif name == "race":
+        from mvsim.experiments import race as mod
     else:
         raise ValueError(f"unknown experiment {name!r}; known: {list(NAMES)}")
     return mod
