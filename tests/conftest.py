@@ -11,10 +11,13 @@ import tempfile
 import pytest
 
 # One persistent compilation cache for the session, set before JAX is imported so that it
-# holds in-process and in every subprocess a test starts (benchmarks, sharding, resume):
+# holds in-process and in every subprocess a test starts (benchmarks, sharding, resume,
+# notebooks), and shared by the session's xdist workers (their common run id names it):
 # a program compiled once (a diffrax solve takes seconds) is not compiled again. It
-# changes no result, only who compiles.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvsim-jax-"))
+# changes no result, only who compiles; a new session starts with an empty one.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_cache = os.path.join(tempfile.gettempdir(), f"mvsim-jax-{_run}") if _run else None
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache or tempfile.mkdtemp(prefix="mvsim-jax-"))
 
 from mvsim import cli, progress  # noqa: E402
 

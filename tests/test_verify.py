@@ -177,6 +177,9 @@ _SMALL = {"T": 300, "kd_T": 100, "n_test_multi": 2000, "n_test_single": 2000, "s
           "kd_students": 2}  # fmt: skip
 
 
+# Slow (≈ 90 s on 2 cores): the default run checks the same equivalence on stored numbers,
+# test_sweep.py::test_batched_sweep_stores_the_numbers_of_the_one_by_one_sweep.
+@pytest.mark.slow
 def test_run_many_gives_each_point_what_run_gives_it():
     """Two points differing in μ, σ_0 and η through every stage at once: every model's
     errors on every test point, the stop steps and the learned views are those of the

@@ -299,6 +299,7 @@ def run(
     holds, and the points it lacks are listed as not run (``rep["not_run"]``)."""
     from mvsim import race_probe
     from mvsim import store as st
+    from mvsim.executor import env as process_env
 
     ids = list(claims) if claims is not None else ["single"]
     pts = points(levers, overrides, ids, preset, checks)
@@ -313,7 +314,7 @@ def run(
                         if not set(ids) <= done.get(rp.point.hash, set())])  # fmt: skip
         if not train:
             todo = []
-        env = sweep._env()
+        env = process_env()
         for j, rp in enumerate(todo):
             log(f"race: {j + 1}/{len(todo)} {rp.kind} {rp.lever} = {rp.value!r} "
                 f"({rp.point.cfg.verify.seeds} seeds, T = {rp.point.cfg.train.T})")  # fmt: skip
