@@ -65,6 +65,7 @@ def _check_stats(st: dict) -> None:
     assert st["min"] <= st["median"] <= st["max"]
 
 
+@pytest.mark.slow  # ≈ 45 s on 2 cores; the benchmarks' harness is tested above
 def test_quick_benchmark_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # An unlimited budget: on a loaded machine the quick run's 120 s default skips sections,

@@ -81,7 +81,16 @@ def kernel_env(tmp_path_factory):
     return env
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+# Slow (≈ 50 s each on 2 cores), to keep the default run under 10 minutes: what they call
+# is tested in the default run (sweeps in test_sweep.py, a user's own model in
+# test_learners.py); `-m slow` runs them too.
+SLOW_NOTEBOOKS = {"04_sweeps.ipynb", "05_your_own_model.ipynb"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in SLOW_NOTEBOOKS else [])
+    for p in NOTEBOOKS
+])  # fmt: skip
 def test_notebook_runs(path: Path, kernel_env, monkeypatch) -> None:
     """Executes every cell; a cell error fails the test with its traceback. Also checks
     that the kernel used this checkout's mvsim and that figures were displayed."""
