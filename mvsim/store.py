@@ -169,17 +169,25 @@ def _open(conn: sqlite3.Connection, path: Path) -> None:
     )
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if int(version) != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}; "
-            "write to a new --store (or export the old one with the mvsim that wrote it)"
-        )
+    _check_schema(path, int(version), None)
     have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
     for name in ADDED_COLUMNS:
         if name not in have:  # a nullable column added later: its old rows read as NULL
             conn.execute(f"ALTER TABLE results ADD COLUMN {name} {COLUMNS[name]}")
             have.add(name)
-    missing = [c for c in COLUMNS if c not in have]
+    _check_schema(path, SCHEMA_VERSION, have)
+
+
+def _check_schema(path: Path, version: int, have: set[str] | None) -> None:
+    """Raise StoreError for a store of another schema ``version``, or whose results table
+    lacks a column of today's that is not one added later (``have``: its columns; None:
+    not checked)."""
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}; "
+            "write to a new --store (or export the old one with the mvsim that wrote it)"
+        )
+    missing = [] if have is None else [c for c in COLUMNS if c not in have | set(ADDED_COLUMNS)]
     if missing:
         raise StoreError(
             f"{path}: its results table lacks columns {missing} (an older mvsim wrote it); "
@@ -199,17 +207,13 @@ def _connect_read(path: Path) -> sqlite3.Connection:
             q = "SELECT value FROM meta WHERE key = 'schema_version'"
             version = int((conn.execute(q).fetchone() or (SCHEMA_VERSION,))[0])
         have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+        _check_schema(path, version, have)
     except sqlite3.DatabaseError as e:
         conn.close()
         raise StoreError(f"{path}: not an mvsim store ({e})") from None
-    missing = [c for c in COLUMNS if c not in have and c not in ADDED_COLUMNS]
-    if version != SCHEMA_VERSION:
+    except StoreError:
         conn.close()
-        raise StoreError(f"{path}: store schema {version}, this mvsim reads {SCHEMA_VERSION}")
-    if missing:
-        conn.close()
-        raise StoreError(f"{path}: its results table lacks columns {missing} (an older mvsim "
-                         "wrote it); write to a new --store")  # fmt: skip
+        raise
     return conn
 
 
