@@ -19,7 +19,7 @@ Rules, beyond the level:
 - **A level is not a mechanism.** ``kd`` and ``self_distillation`` combine the level
   verdict with a mechanism verdict: each student's single-view error must be
   significantly below that of its *control* (the same init taught by its own-init twin),
-  by an exact paired CI (:func:`mvsim.stats.paired_diff_ci`).
+  by an exact paired CI (:func:`mvsim.compare.paired_diff_ci`).
 - **Two readings.** The verdict above reads the final models (the end point). Where the
   models' error curves were recorded, each claim is also read over the horizon
   (:mod:`mvsim.trajectory`: "at level for ≥ 90% of t ≤ T", time to level), the
@@ -38,7 +38,8 @@ import numpy as np
 
 from mvsim import mechanism as mech
 from mvsim import trajectory as traj
-from mvsim.stats import Estimate, Verdict, combine_verdicts, paired_diff_ci, verdict
+from mvsim.compare import paired_diff_ci
+from mvsim.stats import Estimate, Verdict, combine_verdicts, verdict
 from mvsim.verify import Group, Measurements
 
 

@@ -38,7 +38,8 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from mvsim import mechanism as mech
-from mvsim.stats import Estimate, Verdict, combine_verdicts, mean_ci, verdict
+from mvsim.compare import mean_ci
+from mvsim.stats import Estimate, Verdict, combine_verdicts, verdict
 
 LEVEL_FRACTION = 0.9
 """Theorems 3–4: at level "for at least 90% of the iterations t ≤ T"."""

@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from mvsim.compare import paired_diff_ci, t_quantile, two_proportion_diff_ci
 from mvsim.stats import (
     Estimate,
     Verdict,
@@ -18,11 +19,8 @@ from mvsim.stats import (
     combine_verdicts,
     errors_from_logits,
     normal_quantile,
-    paired_diff_ci,
     regularized_beta,
     required_n,
-    t_quantile,
-    two_proportion_diff_ci,
     verdict,
     wilson_interval,
 )

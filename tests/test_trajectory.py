@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mvsim import trajectory as traj
-from mvsim.stats import mean_ci
+from mvsim.compare import mean_ci
 
 MU = 1 / 31
 STEPS = np.unique(np.concatenate([[0], np.round(np.logspace(0, 4, 40)), np.linspace(0, 1e4, 21)]))

@@ -21,7 +21,7 @@ Claim ``gaussian_ensemble_no_gain`` (three-valued):
   CI ("far smaller"), FAIL when it lies above, INCONCLUSIVE when it straddles, or when the
   Gaussian single error's CI reaches 0 (a gain cannot be measured at zero error);
 - the report also says *which* way it passes: "within CI" when, for every seed, the
-  exact paired CI (:func:`mvsim.stats.paired_diff_ci`, same test points) of
+  exact paired CI (:func:`mvsim.compare.paired_diff_ci`, same test points) of
   err(ensemble) − err(single) contains 0, else "far smaller".
 """
 
@@ -35,17 +35,12 @@ from typing import Any
 import numpy as np
 
 from mvsim import verify
+from mvsim.compare import paired_diff_ci
 from mvsim.config import Config
 from mvsim.data import gaussian_bayes_error, gaussian_mean
 from mvsim.experiments import check_seeds, envelope, fmt_ci, text_table
 from mvsim.progress import Progress
-from mvsim.stats import (
-    Estimate,
-    Verdict,
-    clopper_pearson_interval,
-    paired_diff_ci,
-    verdict,
-)
+from mvsim.stats import Estimate, Verdict, clopper_pearson_interval, verdict
 from mvsim.verify import Group
 
 FAMILIES = ("multiview", "gaussian")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvsim.stats import Verdict, bonferroni_level, combine_verdicts, paired_diff_ci, verdict
+from mvsim.compare import paired_diff_ci
+from mvsim.stats import Verdict, bonferroni_level, combine_verdicts, verdict
 
 LEVEL = 0.95
 
