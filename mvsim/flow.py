@@ -17,10 +17,12 @@ slowest differs (measured: 2.5× the wall time with 45 intervals).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import diffrax as dfx
+import equinox._errors as eqx_errors
 import jax
 import jax.numpy as jnp
 import optimistix as optx
@@ -65,6 +67,30 @@ class _StopBisection(optx.Bisection):
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         return state.upper, aux, {}
+
+
+@contextlib.contextmanager
+def cacheable_checks() -> Iterator[None]:
+    """Trace diffrax's argument checks without host callbacks, so that the solve's
+    program can enter JAX's persistent compilation cache.
+
+    With T and the recorded steps traced (:class:`mvsim.train.Traced`), diffrax's checks
+    that ``saveat.ts`` is sorted and inside [0, T·η] and that dt0 points from t0 to t1
+    become runtime checks, and equinox's default (``EQX_ON_ERROR=raise``) raises them
+    through a host callback; JAX never writes a program with a host callback into its
+    persistent cache (measured: every flow program was compiled again in every process,
+    4–5 s each). Here a failed check returns NaN instead (equinox's ``nan`` mode), which
+    the run's divergence check reports. The checks cannot fail: the recorded steps are
+    sorted and end at T by construction (:func:`mvsim.train.traced` asserts it on the
+    host) and η > 0. equinox reads the mode while tracing, from the module-level name
+    that ``EQX_ON_ERROR`` sets; ``tests/test_compilation.py`` fails if a flow program
+    holds a host callback again."""
+    before = eqx_errors.EQX_ON_ERROR
+    eqx_errors.EQX_ON_ERROR = "nan"
+    try:
+        yield
+    finally:
+        eqx_errors.EQX_ON_ERROR = before
 
 
 def rms(params: Params) -> jax.Array:
@@ -149,11 +175,12 @@ def solve(
     if save_fn is not None:
         subs.append(dfx.SubSaveAt(ts=ts * eta, fn=lambda t, y, a: save_fn(y[0])))
     save = dfx.SaveAt(subs=subs)
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
-        event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
-        progress_meter=dfx.NoProgressMeter() if meter is None else meter,
-    )  # fmt: skip
+    with cacheable_checks():
+        sol = dfx.diffeqsolve(
+            dfx.ODETerm(field), solver_cls(), 0.0, T * eta, eta, y0, stepsize_controller=ctrl,
+            event=event, saveat=save, max_steps=cfg.flow_max_steps, throw=False,
+            progress_meter=dfx.NoProgressMeter() if meter is None else meter,
+        )  # fmt: skip
     (t_end, (W_end, _)) = (sol.ts[1][0], sol.ys[1])
     loss, acc, lam = jax.vmap(metrics)(sol.ys[0])  # inf past the stop: masked by the caller
     W_end = jax.tree.map(lambda a, p: jnp.where(at_init, p, a[0]), W_end, params)

@@ -173,6 +173,8 @@ def traced(cfg: TrainConfig, T: int, dtype, horizon: int | None = None) -> Trace
     ts = history_steps(T, cfg.n_log, horizon)
     room = (cfg.n_log + 2) * (1 if horizon is None or horizon >= T else 2)
     ts = np.concatenate([ts, np.full(room - len(ts), T)])
+    # what diffrax would check inside the solve (flow.cacheable_checks)
+    assert ts[0] >= 0 and ts[-1] <= T and np.all(np.diff(ts) >= 0), ts
     a = lambda v: jnp.asarray(v, dtype)
     return Traced(a(T), a(ts), a(cfg.loss_tol), a(cfg.converge_tol), a(cfg.flow_rtol),
                   a(cfg.flow_atol))  # fmt: skip
