@@ -111,8 +111,9 @@ def test_flow_history_is_recorded_at_gd_equivalent_steps():
     for s in range(S):
         live = r.steps <= r.stop_step[s]
         assert np.all(np.isfinite(r.loss[s, live])) and np.all(np.isnan(r.loss[s, ~live]))
+        # recorded inside the solve and recomputed here: float32 rounding (a few ulp)
         np.testing.assert_allclose(r.alignment[s, ~live], np.broadcast_to(
-            final[s], ((~live).sum(), *final.shape[1:])), rtol=0, atol=1e-6)  # fmt: skip
+            final[s], ((~live).sum(), *final.shape[1:])), rtol=1e-6, atol=1e-6)  # fmt: skip
         # the recorded loss falls from the init to the stop, as GD's does
         assert r.loss[s, live][-1] < r.loss[s, 0]
     # the weights at the recorded steps give the recorded Λ, and are the final ones past
