@@ -69,10 +69,10 @@ def kernel_env(tmp_path_factory):
     env = {
         "JUPYTER_PATH": str(spec_dir.parents[1]),
         "MVSIM_NOTEBOOK_SMALL": "1",
-        # One compilation cache for all notebooks of the session: they share the tiny
-        # config, so each compiles only what the ones before it did not (same results;
-        # it cuts the cold run by about half).
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        # The session's compilation cache (conftest.py): the notebooks share the tiny
+        # config with each other and with the verify fixtures, so each compiles only what
+        # was not compiled before (same results).
+        "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         # This checkout's mvsim, whatever else is installed.
