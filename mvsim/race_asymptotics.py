@@ -22,12 +22,13 @@ stop and at T for comparison (:func:`k_row`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,9 +123,9 @@ def predict_population(
     cfg: Config, *, K: int = POPULATION, seeds: int = 4, key: int = 0
 ) -> dict[str, Any]:
     """The reduced race on ``seeds`` populations of K classes of ``cfg``'s task (inits
-    from the init law), integrated to the budget T·η without stopping: Λ (S, L, K, 2) and
-    every point's fitting margin (S, L, N_pop) at the recorded steps, and the init
-    alignments (S, K, 2)."""
+    from the init law), integrated in segments until the task's stop is passed
+    (:func:`integrate`): Λ (S, L, K, 2) and every point's fitting margin (S, L, N_pop) at
+    the recorded steps up to the end, the end step, and the init alignments (S, K, 2)."""
     race_model.check(cfg)
     D, M = cfg.data, cfg.model
     K = min(K, D.k)
@@ -133,16 +134,114 @@ def predict_population(
         st = jax.tree.map(jnp.asarray, population(cfg, K, keys[0]))
         init = race_model.law_init(keys[1], cfg, st, seeds, K=K)
         init = jax.tree.map(jnp.asarray, init)
-        eta = jnp.asarray(cfg.train.eta * K / D.k)  # the population's clock (module doc)
-        out = race_model.solve(init, st, eta, q=M.q, varrho=M.varrho, T=cfg.train.T,
-                               n_log=cfg.train.n_log, rtol=race_model.RTOL, stop=False)  # fmt: skip
-        out = jax.tree.map(np.asarray, out)
+        eta = cfg.train.eta * K / D.k  # the population's clock (module doc)
+        per_class = st.y.shape[0] // K
+        until = lambda steps, margin: task_stop(fit_steps(steps, margin), D.k * per_class,
+                                                cfg.train.T)  # fmt: skip
+        out = integrate(init, st, eta, q=M.q, varrho=M.varrho, T=cfg.train.T,
+                        n_log=cfg.train.n_log, until=until)  # fmt: skip
+    return {"k": D.k, "K": K, "seeds": seeds, "m": M.m, **out,
+            "init_alignment": np.asarray(init.A).max(2), "points_per_class": per_class}  # fmt: skip
+
+
+SEGMENT = 2.0
+"""Each segment of the integration ends at the first recorded step at least SEGMENT times
+the previous end: the stop is checked once per doubling of the step, so the integration
+overshoots a stable stop by at most two segments (a factor ≤ 2·SEGMENT² in steps, a few
+solver steps each: the adaptive steps grow with t on the late plateau)."""
+
+
+def segment_ends(steps: np.ndarray, factor: float = SEGMENT) -> list[int]:
+    """Indices into the recorded ``steps`` at which segments end (the last is T's)."""
+    ends, last = [], 1.0
+    for i, s in enumerate(steps):
+        if s >= factor * last or i == len(steps) - 1:
+            ends.append(i)
+            last = max(float(s), 1.0)
+    return ends
+
+
+def integrate(
+    init: race_model.Init, st: race_model.Structure, eta: float, *, q: int, varrho: float,
+    T: int, n_log: int, until: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    rtol: float = race_model.RTOL, factor: float = SEGMENT,
+) -> dict[str, Any]:  # fmt: skip
+    """The reduced flow of every seed (no stop at fitting), in segments ending at
+    :func:`segment_ends`, each continuing from the last one's state. ``until(steps,
+    margin)`` is the step the caller reads at (the task's stop), re-estimated after every
+    segment; the integration ends once that step lies within what is recorded and the
+    last segment left it unchanged (no point fitted or un-fitted there moved it), else
+    at T. Without ``until``, to T. Returns the recorded steps up to the end, Λ (S, L, K,
+    2), margins (S, L, N), the end step, the estimates after each segment, whether every
+    seed's solver succeeded, and the solver steps taken."""
     from mvsim.train import log_steps
 
-    return {"k": D.k, "K": K, "seeds": seeds, "m": M.m, "ok": out.ok, "lam": out.lam,
-            "margin": out.margin, "steps": log_steps(cfg.train.T, cfg.train.n_log),
-            "init_alignment": np.asarray(init.A).max(2),
-            "points_per_class": st.y.shape[0] // K}  # fmt: skip
+    steps = log_steps(T, n_log)
+    ts = jnp.asarray(steps, jnp.float64) * eta
+    y = (init.A, init.B, init.U)
+    dt = jnp.full(init.A.shape[0], eta)  # the first step: one GD step, as race_model's
+    ends = segment_ends(steps, factor)
+    # One length of saved times for every segment (one compile), the longest segment's:
+    # each saved time costs a margin evaluation, so no longer.
+    width = int(np.diff([0, *ends]).max()) + 1
+    lams, margins, estimates, ok, n_steps, lo = [], [], [], True, 0, 0
+    for hi in ends:
+        save = ts[np.minimum(lo + np.arange(width), hi)]  # padded with the end's time
+        seg = _segments(init, y, st, ts[lo], ts[hi], save, dt, q=q, varrho=varrho, rtol=rtol)
+        seg = jax.tree.map(np.asarray, seg)
+        take = hi - lo + 1 if lo == 0 else hi - lo
+        first = 0 if lo == 0 else 1  # a later segment's first saved time is its start
+        lams.append(seg.lam[:, first : first + take])
+        margins.append(seg.margin[:, first : first + take])
+        ok, n_steps = ok and bool(seg.ok.all()), n_steps + int(seg.steps.sum())
+        y, dt = seg.y, np.maximum((ts[hi] - ts[lo]) / np.maximum(seg.steps, 1), eta)
+        lo = hi
+        if not ok:
+            break  # NaN or max_steps: what is recorded so far is returned, flagged
+        if until is None:
+            continue
+        estimates.append(until(steps[: hi + 1], np.concatenate(margins, 1)))
+        if estimates[-1] <= steps[hi] and estimates[-2:-1] == estimates[-1:]:
+            break
+    return {"steps": steps[: lo + 1], "lam": np.concatenate(lams, 1),
+            "margin": np.concatenate(margins, 1), "end": int(steps[lo]),
+            "estimates": estimates, "ok": ok, "solver_steps": n_steps}  # fmt: skip
+
+
+class _Segment(NamedTuple):
+    y: tuple[jax.Array, jax.Array, jax.Array]  # (A, B, R) at the segment's end
+    lam: jax.Array  # (L, K, 2) at the saved times
+    margin: jax.Array  # (L, N)
+    ok: jax.Array
+    steps: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("q", "varrho", "rtol"))
+def _segments(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
+    """Every seed's flow over [t0, t1] from y0 (vmapped), saved at ``save``."""
+    one = functools.partial(_segment, q=q, varrho=varrho, rtol=rtol)
+    return jax.vmap(one, in_axes=(0, 0, None, None, None, None, 0))(init, y0, st, t0, t1, save, dt0)
+
+
+def _segment(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
+    """race_model._solve's flow (same field, controller, norm and solver: Heun) without
+    its stop event, from y0 at t0."""
+    import diffrax as dfx
+
+    field = lambda t, y, args: race_model.velocity(y, init, st, q, varrho)
+    margin = lambda y: race_model.loss_and_margin(y, init, st, q, varrho)[1][0]
+    scale = jnp.sqrt(jnp.mean(jnp.square(init.A)))
+    norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e)]))
+    ctrl = dfx.PIDController(rtol=rtol, atol=1e-3 * scale, pcoeff=0.3, icoeff=0.4, norm=norm)
+    record = lambda t, y, a: (jnp.maximum(y[0].max(1), 0.0), margin(y))
+    saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=save, fn=record), dfx.SubSaveAt(t1=True)])
+    sol = dfx.diffeqsolve(dfx.ODETerm(field), dfx.Heun(), t0, t1, dt0, y0,
+                          stepsize_controller=ctrl, saveat=saveat, max_steps=200_000,
+                          throw=False)  # fmt: skip
+    lam, m = sol.ys[0]
+    y1 = jax.tree.map(lambda a: a[0], sol.ys[1])
+    ok = sol.result == dfx.RESULTS.successful
+    return _Segment(y1, lam, m, ok, sol.stats["num_steps"])
 
 
 def fit_steps(steps: np.ndarray, margin: np.ndarray) -> np.ndarray:
@@ -164,7 +263,8 @@ def task_stop(fits: np.ndarray, n_task: int, T: int) -> float:
     if not np.isfinite(f).any() or (1 - want) * n < 1 and not np.isfinite(f[-1]):
         return float(T)
     if (1 - want) * n >= 1:
-        return float(min(np.quantile(f, want), T))
+        at = np.quantile(f, want)  # inf or nan: past the last fitted point (censored)
+        return float(min(at, T)) if np.isfinite(at) else float(T)
     tail = f[int(0.9 * n) :]
     tail = tail[np.isfinite(tail)]
     surv = 1 - (np.arange(n - tail.size, n) + 0.5) / n
@@ -190,20 +290,21 @@ def k_row(rule_name: str, k: int, **kw: Any) -> dict[str, Any]:
     cfg = RULES[rule_name](k)
     res = predict_population(cfg, **kw)
     steps, lam = res["steps"], res["lam"]
-    fits = fit_steps(steps, res["margin"])  # (S, N_pop)
+    fits = fit_steps(steps, res["margin"])  # (S, N_pop), judged up to the end
     stops = {
         "task": task_stop(fits, k * res["points_per_class"], cfg.train.T),
         "population": float(np.median(fits.max(1))),
-        "T": float(cfg.train.T),
+        "end": float(res["end"]),
     }
     thr = cfg.verify.view_threshold * cfg.model.varrho
     row: dict[str, Any] = {"rule": rule_name, "k": k, "m": res["m"], "K": res["K"],
                            "seeds": res["seeds"], "sigma_0": cfg.model.sigma_0,
-                           "varrho": cfg.model.varrho, "T": cfg.train.T,
-                           "stops": stops}  # fmt: skip
+                           "varrho": cfg.model.varrho, "T": cfg.train.T, "stops": stops,
+                           "ok": res["ok"], "solver_steps": res["solver_steps"],
+                           "estimates": res["estimates"]}  # fmt: skip
     r = race_ratio(res["init_alignment"]).ravel()
     for when, step in stops.items():
-        at = max(int(np.searchsorted(steps, min(step, cfg.train.T), side="right")) - 1, 0)
+        at = max(int(np.searchsorted(steps, min(step, res["end"]), side="right")) - 1, 0)
         two = (lam[:, at] >= thr).sum(-1) == 2
         p, lo, hi = rate_ci(int(two.sum()), two.size)
         row[f"two_view_{when}"] = [p, lo, hi]
