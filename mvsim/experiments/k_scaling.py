@@ -404,9 +404,15 @@ def in_band_probability(k: int, p_two: float) -> float:
     1/(2k) (one of its two single-view kinds is no longer missed), so E/μ ≥ 0.49 needs at
     most ⌊0.02k⌋ two-view classes: Binomial(k, p_two) ≤ ⌊0.02k⌋ (no-view classes taken
     as absent, as measured)."""
+    return float(_in_band(np.asarray(k), np.asarray(p_two, float)))
+
+
+def _in_band(k: np.ndarray, p_two: np.ndarray) -> np.ndarray:
+    """:func:`in_band_probability` over arrays of k and p_two (one scipy call for a grid,
+    which the bootstrap of :func:`two_view_power_law` searches 400 fits deep)."""
     from scipy.stats import binom
 
-    return float(binom.cdf(math.floor((0.5 - BAND[0]) * 2 * k + 1e-9), k, p_two))
+    return binom.cdf(np.floor((0.5 - BAND[0]) * 2 * k + 1e-9), k, p_two)
 
 
 def power_fit(k: Sequence[float], y: Sequence[float]) -> dict[str, Any] | None:
@@ -464,10 +470,9 @@ def _k_in_band(b: float, c: float, k_from: int, k_max: int = 1_000_000) -> float
     10⁶) with in-band probability ≥ 1/2 under p = c·k^b; inf if none. Below it the
     binomial picture is no guide: at k ≤ 3 a model misses the band for other reasons
     (noisy features of s of its k − 1 neighbours), whatever its two-view count."""
-    for k in np.unique(np.geomspace(k_from, k_max, 400).astype(int)):
-        if in_band_probability(int(k), min(1.0, c * k**b)) >= 0.5:
-            return float(k)
-    return math.inf
+    ks = np.unique(np.geomspace(k_from, k_max, 400).astype(int))
+    ok = _in_band(ks, np.minimum(1.0, c * ks.astype(float) ** b)) >= 0.5
+    return float(ks[np.argmax(ok)]) if ok.any() else math.inf
 
 
 # --- reading it -------------------------------------------------------------------------
