@@ -10,7 +10,10 @@ executables over from disk. The CLI turns it on by default (:func:`enable_cache`
 version and source hash (:func:`source_hash`), so a new jax or a changed mvsim never
 reads an entry another wrote. (JAX's own key already covers the program, the compiler
 and its flags; the folder makes the rule explicit and keeps stale entries apart, to be
-deleted by hand.) A user's ``JAX_COMPILATION_CACHE_DIR`` is left as it is.
+deleted by hand.) A user's ``JAX_COMPILATION_CACHE_DIR`` is left as it is. JAX caches no
+program that holds a host callback: the flow's solve is traced so that it holds none
+(:func:`mvsim.flow.cacheable_checks`), and the progress meter is compiled in only where a
+display is live.
 
 :class:`CompileTime` measures the share of a run spent tracing, lowering and compiling
 (persistent-cache reads included), from the spans JAX reports through
