@@ -21,6 +21,27 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache or tempfile.mkdtemp(pr
 
 from mvsim import cli, progress  # noqa: E402
 
+# How xdist shares the files out (--dist loadgroup, pyproject.toml): one group per file, so
+# a module's fixtures are built once, except the files that read the session's tiny verify
+# run (tiny_run below), which share a worker so that it is built once: it runs with its
+# progress display live, so its programs hold host callbacks and no other process can read
+# them from the compilation cache. The heaviest groups go first (seconds of 2 cores, suite
+# of 2026-12-07), so that no long file starts last and leaves the other worker idle.
+SHARED_GROUP = {"test_verify.py": "tiny_run", "test_html.py": "tiny_run",
+                "test_learners.py": "tiny_run"}  # fmt: skip
+HEAVY_FIRST = ("tiny_run", "test_notebooks.py", "test_sweep.py", "test_flow.py",
+               "test_ntk.py", "test_k_scaling.py", "test_shapes.py", "test_train.py",
+               "test_experiments.py", "test_nt_compat.py", "test_race_model.py")  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    group = lambda item: SHARED_GROUP.get(item.path.name, item.path.name)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {g: i for i, g in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: files stay whole
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:

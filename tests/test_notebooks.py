@@ -81,10 +81,13 @@ def kernel_env(tmp_path_factory):
     return env
 
 
-# Slow (≈ 50 s each on 2 cores), to keep the default run under 10 minutes: what they call
-# is tested in the default run (sweeps in test_sweep.py, a user's own model in
-# test_learners.py); `-m slow` runs them too.
-SLOW_NOTEBOOKS = {"04_sweeps.ipynb", "05_your_own_model.ipynb"}
+# Slow (50-120 s each on 2 cores), to keep the default run well under 10 minutes: what they
+# call is tested in the default run (the NTK table, its figure and the kernel matrix in
+# test_ntk.py and test_mechanism.py, the error curves and the two readings through
+# test_verify.py's report; sweeps in test_sweep.py, a user's own model in
+# test_learners.py); `-m slow` runs them too. 01 and 02 stay: they run the deep side as a
+# user does, on the programs the rest of the session compiled.
+SLOW_NOTEBOOKS = {"03_ntk_vs_dl.ipynb", "04_sweeps.ipynb", "05_your_own_model.ipynb"}
 
 
 @pytest.mark.parametrize("path", [
