@@ -230,11 +230,7 @@ def _segment(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
     its stop event, from y0 at t0."""
     import diffrax as dfx
 
-    field = lambda t, y, args: race_model.velocity(y, init, st, q, varrho)
-    margin = lambda y: race_model.loss_and_margin(y, init, st, q, varrho)[1][0]
-    scale = jnp.sqrt(jnp.mean(jnp.square(init.A)))
-    norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e)]))
-    ctrl = dfx.PIDController(rtol=rtol, atol=1e-3 * scale, pcoeff=0.3, icoeff=0.4, norm=norm)
+    field, margin, ctrl = race_model.flow_parts(init, st, q=q, varrho=varrho, rtol=rtol)
     record = lambda t, y, a: (jnp.maximum(y[0].max(1), 0.0), margin(y))
     saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=save, fn=record), dfx.SubSaveAt(t1=True)])
     sol = dfx.diffeqsolve(dfx.ODETerm(field), dfx.Heun(), t0, t1, dt0, y0,

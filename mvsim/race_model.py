@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -325,6 +326,23 @@ def solve(inits: Init, st: Structure, eta: jax.Array, *, q: int, varrho: float, 
     return jax.vmap(one, in_axes=(0, None, None))(inits, st, eta)
 
 
+def flow_parts(init: Init, st: Structure, *, q, varrho, rtol) -> tuple[Callable, Callable, Any]:
+    """The reduced flow's vector field, every point's margin (y -> (N,)) and its step-size
+    controller, shared by :func:`_solve` and the population's segments
+    (:func:`mvsim.race_asymptotics.integrate`)."""
+    import diffrax as dfx
+
+    field = lambda t, y, args: velocity(y, init, st, q, varrho)
+    margin = lambda y: loss_and_margin(y, init, st, q, varrho)[1][0]  # (N,)
+    scale = jnp.sqrt(jnp.mean(jnp.square(init.A)))
+    # The max norm: an RMS over the N·m·P noise alignments would drown the k·m·2 view
+    # alignments, whose escape is the fastest thing in the flow (the same choice as the
+    # full flow's, mvsim.flow).
+    norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e)]))
+    ctrl = dfx.PIDController(rtol=rtol, atol=1e-3 * scale, pcoeff=0.3, icoeff=0.4, norm=norm)
+    return field, margin, ctrl
+
+
 def _solve(init: Init, st: Structure, eta, *, q, varrho, T, n_log, rtol, solver, stop) -> Solved:
     import diffrax as dfx
 
@@ -332,18 +350,11 @@ def _solve(init: Init, st: Structure, eta, *, q, varrho, T, n_log, rtol, solver,
     from mvsim.train import log_steps
 
     ts = jnp.asarray(log_steps(T, n_log), jnp.float64) * eta
-    field = lambda t, y, args: velocity(y, init, st, q, varrho)
-    margin = lambda y: loss_and_margin(y, init, st, q, varrho)[1][0]  # (N,)
+    field, margin, ctrl = flow_parts(init, st, q=q, varrho=varrho, rtol=rtol)
     event = None
     if stop:
         cond = lambda t, y, args, **kw: -margin(y).min()
         event = dfx.Event(cond, _StopBisection(rtol=1e-6, atol=1e-3 * eta, flip=True))
-    scale = jnp.sqrt(jnp.mean(jnp.square(init.A)))
-    # The max norm: an RMS over the N·m·P noise alignments would drown the k·m·2 view
-    # alignments, whose escape is the fastest thing in the flow (the same choice as the
-    # full flow's, mvsim.flow).
-    norm = lambda e: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(e)]))
-    ctrl = dfx.PIDController(rtol=rtol, atol=1e-3 * scale, pcoeff=0.3, icoeff=0.4, norm=norm)
     record = lambda t, y, a: (y[0], margin(y))
     save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts, fn=record), dfx.SubSaveAt(t1=True)])
     method = {"tsit5": dfx.Tsit5(), "heun": dfx.Heun()}[solver]
