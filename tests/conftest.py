@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import pickle
 import tempfile
 
 import pytest
@@ -21,26 +23,22 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache or tempfile.mkdtemp(pr
 
 from mvsim import cli, progress  # noqa: E402
 
-# How xdist shares the files out (--dist loadgroup, pyproject.toml): one group per file, so
-# a module's fixtures are built once, except the files that read the session's tiny verify
-# run (tiny_run below), which share a worker so that it is built once: it runs with its
-# progress display live, so its programs hold host callbacks and no other process can read
-# them from the compilation cache. The heaviest groups go first (seconds of 2 cores, suite
-# of 2026-12-07), so that no long file starts last and leaves the other worker idle.
-SHARED_GROUP = {"test_verify.py": "tiny_run", "test_html.py": "tiny_run",
-                "test_learners.py": "tiny_run"}  # fmt: skip
-HEAVY_FIRST = ("tiny_run", "test_notebooks.py", "test_sweep.py", "test_flow.py",
-               "test_ntk.py", "test_k_scaling.py", "test_shapes.py", "test_train.py",
+# How xdist shares the files out (--dist loadfile --no-loadscope-reorder, pyproject.toml):
+# whole files go to one worker, so a module's fixtures are built once, in the order below:
+# the heaviest files first (seconds of 2 cores, suite of 2026-12-07), so that no long file
+# starts last and leaves the other worker idle. Not --dist loadgroup: pytest 9.2 keeps a
+# node's id where xdist 3.8 no longer writes its group suffix, so every group was split
+# over the workers (tests/test_suite.py checks the scheduling). The files that read the
+# tiny verify run share it across workers instead (tiny_run).
+HEAVY_FIRST = ("test_html.py", "test_sweep.py", "test_notebooks.py", "test_k_scaling.py",
+               "test_flow.py", "test_ntk.py", "test_verify.py", "test_learners.py",
+               "test_shapes.py", "test_train.py", "test_race_asymptotics.py",
                "test_experiments.py", "test_nt_compat.py", "test_race_model.py")  # fmt: skip
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    group = lambda item: SHARED_GROUP.get(item.path.name, item.path.name)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    rank = {g: i for i, g in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: files stay whole
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +47,28 @@ def tiny_run(tmp_path_factory) -> dict:
     display on: {'report': report.json's dict, 'out': DIR, 'stderr': what it printed there
     (not a terminal, so periodic lines rather than bars), 'events': every progress event}.
     A fake clock that moves 10 s at each read lets every report through
-    (mvsim.progress.recording), so no wall time decides what the tests see."""
-    out = tmp_path_factory.mktemp("verify")
-    err = io.StringIO()
-    with progress.recording(progress.StepClock()) as events, contextlib.redirect_stderr(err):
-        rc = cli.main(["verify", "--preset", "tiny", "--out", str(out)])
-    assert rc == 0, err.getvalue()[-3000:]
+    (mvsim.progress.recording), so no wall time decides what the tests see.
+
+    Once per session, not per xdist worker: the first worker to ask runs it under a lock in
+    the directory the workers share, and the others read what it left there. Its display is
+    live, so its programs hold host callbacks and no process could take them from the
+    compilation cache instead."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out, saved = shared / "tiny-verify", shared / "tiny-verify.pkl"
+    with open(shared / "tiny-verify.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.exists():
+            err, clock = io.StringIO(), progress.StepClock()
+            with progress.recording(clock) as events, contextlib.redirect_stderr(err):
+                rc = cli.main(["verify", "--preset", "tiny", "--out", str(out)])
+            assert rc == 0, err.getvalue()[-3000:]
+            saved.with_suffix(".tmp").write_bytes(pickle.dumps((err.getvalue(), events)))
+            saved.with_suffix(".tmp").rename(saved)
+    stderr, events = pickle.loads(saved.read_bytes())
     report = json.loads((out / "report.json").read_text())
-    return {"report": report, "out": out, "stderr": err.getvalue(), "events": events}
+    return {"report": report, "out": out, "stderr": stderr, "events": events}
 
 
 @pytest.fixture(scope="session")
