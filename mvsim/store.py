@@ -298,10 +298,12 @@ def write_point(
             **{k: env[k] for k in ("mvsim_version", "jax_version", "backend", "n_devices")},
         }
         rows.append(tuple(row[k] for k in COLUMNS))
-    marks = ", ".join("?" * len(COLUMNS))
+    # Named, not positional: a store migrated on open has the added columns at the end of
+    # its table, not where COLUMNS lists them.
+    names, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
     conn.execute("BEGIN IMMEDIATE")
     try:
-        cur = conn.executemany(f"INSERT OR IGNORE INTO results VALUES ({marks})", rows)
+        cur = conn.executemany(f"INSERT OR IGNORE INTO results ({names}) VALUES ({marks})", rows)
         n = cur.rowcount
         if _has_failures(conn):
             conn.execute("DELETE FROM failed_points WHERE config_hash = ?", (h,))

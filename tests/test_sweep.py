@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mvsim import cli, store, sweep
-from mvsim.config import ConfigError, make_config
+from mvsim.config import Config, ConfigError, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -529,6 +529,21 @@ def test_a_store_without_the_added_columns_gains_them_on_open(tmp_path: Path) ->
     df = st.read_results(old)
     assert set(st.ADDED_COLUMNS) <= set(df.columns)
     assert df["mechanism_json"].isna().all() and df["peak_rss_bytes"].isna().all()
+    # A point written after the migration lands in its own columns, though the added ones
+    # sit at the end of the migrated table: a committed k-scaling row, written again.
+    src = st.read_results(ROOT / "docs" / "k-scaling" / "demo" / "store.sqlite").iloc[0]
+    conn = st.connect(old)
+    st.write_point(conn, Config.from_json(src.config_json), json.loads(src.point_json),
+                   [json.loads(src.claim_json)], json.loads(src.mechanism_json),
+                   seconds=src.seconds, timing=json.loads(src.timing_json),
+                   started_at=src.started_at, env=src[["mvsim_version", "jax_version", "backend",
+                   "n_devices"]].to_dict(), peak_rss_bytes=123)  # fmt: skip
+    conn.close()
+    new = st.read_results(old).iloc[1]
+    for col in ("verdict", "error_over_mu", "ci_lo", "frac_two_views", "seconds", "started_at",
+                "mvsim_version", "n_devices", "claim_json"):  # fmt: skip
+        assert new[col] == src[col], col
+    assert new["peak_rss_bytes"] == 123 and new["mechanism_json"] is not None
 
 
 def test_reading_a_store_leaves_its_file_as_it_was() -> None:
