@@ -396,8 +396,12 @@ def run_sweep(
         try:
             backend = ex.check_workers(log) if ex.name == "dask" else None
             log(f"sweep: {len(todo)} points on {ex.describe()}")
-            done = _drive(ex, conn, todo, batch_points or default_batch_points(backend),
-                          _Progress(todo, progress, log))  # fmt: skip
+            bar = _Progress(todo, progress, log)
+            try:
+                done = _drive(ex, conn, todo, batch_points or default_batch_points(backend),
+                              bar)  # fmt: skip
+            finally:  # an exception (a dead cluster, Ctrl-C) must not leave the bar drawn
+                bar.close()
         finally:
             ex.close()
     finally:
@@ -454,7 +458,6 @@ def _drive(ex: Any, conn: Any, todo: list, batch_points: int, bar: _Progress) ->
                 )  # fmt: skip
             compile_s += oc.outs[0]["timing"]["compile"]
         bar.finished(oc, _cost(oc.batch, cost))
-    bar.close()
     return {"rows": rows, "failed": failed, "compile": compile_s}
 
 

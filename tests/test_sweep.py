@@ -791,3 +791,24 @@ def test_point_cost_orders_k_scaling_as_its_measured_times() -> None:
     assert cost == sorted(cost)
     ratio = [(c / cost[0]) / (s / seconds[0]) for c, s in zip(cost, seconds, strict=True)]
     assert all(0.3 < r < 2 for r in ratio), ratio
+
+
+def test_the_progress_bar_is_closed_when_the_sweep_raises(tmp_path, monkeypatch) -> None:
+    """A sweep that raises mid-way (a dead cluster, Ctrl-C) closes its tqdm bar, so the
+    terminal is not left with a half-drawn bar under the traceback."""
+    bars: list = []
+
+    class Recorded(sweep._Progress):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            bars.append(self)
+
+    def fail(*a, **kw):
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(sweep, "_Progress", Recorded)
+    monkeypatch.setattr(sweep, "_drive", fail)
+    points = sweep.build_points("tiny", {}, {"mu": [0.1]})
+    with pytest.raises(RuntimeError, match="went away"):
+        sweep.run_sweep(points, tmp_path / "s.sqlite", progress=True, executor="local")
+    assert len(bars) == 1 and bars[0].bar is not None and bars[0].bar.disable  # closed
