@@ -212,6 +212,38 @@ def test_run_many_gives_each_point_what_run_gives_it():
     assert len(set(wrong)) == 2, wrong  # the points did differ
 
 
+def test_the_end_points_blocks_change_no_logit():
+    """The end point's pass evaluates a chunk in blocks of verify.EVAL_BLOCK points (for the
+    CPU's cache): every model's logits on every point are those of the whole chunk at once
+    to float rounding, a remainder block included (XLA's CPU dot may take another path for
+    another shape: at tiny's, logits move by a few ulps; at the demo's none does,
+    docs/verdicts.md), and no error moves."""
+    import jax
+
+    from mvsim import data, learners, verify
+    from mvsim.config import make_config
+
+    cfg = make_config("tiny", {})
+    D, M = cfg.data, cfg.model
+    V = data.features(jax.random.key(0), D.d, D.k)
+    b = data.sample(jax.random.key(1), D, 2 * verify.EVAL_BLOCK + 37, V, view="multi")
+    nets = {"single": learners.network(M, D.k, D.d, D.P),
+            "average": learners.averaged(M, D.k, D.d, D.P, 3)}  # fmt: skip
+    params = {n: jax.vmap(jax.vmap(net.init))(jax.random.split(jax.random.key(2), (2, 3)))
+              for n, net in nets.items()}  # fmt: skip
+    params = jax.tree.map(lambda w: w * 20, params)  # grown weights: some points right
+    got = verify._errs_fn(tuple((n, net.apply) for n, net in nets.items()))(params, b.x, b.y)
+    each = lambda f: jax.jit(jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, None)))
+    for n, net in nets.items():
+        whole = np.asarray(each(net.apply)(params[n], b.x))
+        blocks = np.asarray(each(verify.blocked(net.apply, verify.EVAL_BLOCK))(params[n], b.x))
+        scale = np.abs(whole).max()  # rounding: a few float32 ulps of the largest logit
+        np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6 * scale, err_msg=n)
+        wrong = ~np.asarray(jax.vmap(jax.vmap(lambda lg: verify.correct(lg, b.y)))(whole))
+        np.testing.assert_array_equal(np.asarray(got[n]), wrong, err_msg=n)
+        assert 0 < wrong.mean() < 1, n  # some right, some wrong
+
+
 def test_test_sets_do_not_depend_on_the_training_mixture():
     """run_many draws one test set for points that differ only in μ, N or the training
     composition (verify.test_key): this is the fact that makes that exact."""
