@@ -137,11 +137,14 @@ def blocked(apply_fn: ApplyFn, block: int) -> ApplyFn:
     """``apply_fn`` evaluated over blocks of ``block`` samples: (params, x (n, P, d)) ->
     (n, k), the same logits. Full blocks go through one ``lax.map`` whose body is
     rematerialised in the backward pass (``jax.checkpoint``); a remainder of n mod block
-    samples is one more call. See ``TrainConfig.block`` for why."""
+    samples is one more call (all n of them when n < block). See ``TrainConfig.block`` for
+    why."""
 
     def f(params: Params, x: jax.Array) -> jax.Array:
         n = x.shape[0]
         nb = n // block
+        if nb == 0:  # no full block: an empty lax.map's (0, -1) reshape cannot be resolved
+            return apply_fn(params, x)
         body = jax.checkpoint(lambda xb: apply_fn(params, xb))
         main = jax.lax.map(body, x[: nb * block].reshape(nb, block, *x.shape[1:]))
         out = main.reshape(nb * block, -1)

@@ -239,6 +239,8 @@ def test_the_end_points_blocks_change_no_logit():
         blocks = np.asarray(each(verify.blocked(net.apply, verify.EVAL_BLOCK))(params[n], b.x))
         scale = np.abs(whole).max()  # rounding: a few float32 ulps of the largest logit
         np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6 * scale, err_msg=n)
+        few = [each(f)(params[n], b.x[:37]) for f in (net.apply, verify.blocked(net.apply, 512))]
+        np.testing.assert_array_equal(*map(np.asarray, few))  # < a block: one call
         wrong = ~np.asarray(jax.vmap(jax.vmap(lambda lg: verify.correct(lg, b.y)))(whole))
         np.testing.assert_array_equal(np.asarray(got[n]), wrong, err_msg=n)
         assert 0 < wrong.mean() < 1, n  # some right, some wrong
