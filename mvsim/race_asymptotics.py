@@ -94,7 +94,8 @@ def population(cfg: Config, K: int, key: jax.Array) -> race_model.Structure:
             z[n, ps] = zz * _split(rng, D)
     s2 = np.where(owner >= 0, D.sigma_p**2, D.sigma_n**2)
     nu2 = s2 * rng.chisquare(D.d - 2 * k, size=s2.shape)
-    return race_model.Structure(y, owner, view, z, s2, nu2, float(k - K))
+    other = race_model.others(y, owner)
+    return race_model.Structure(y, owner, view, z, s2, nu2, other, float(k - K))
 
 
 def _features(rng, D, K: int, c: int, strong: int) -> list[tuple[int, int, float]]:

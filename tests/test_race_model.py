@@ -45,6 +45,33 @@ def test_expected_relu_is_the_gaussian_average(h, tau, q):
         assert var == pytest.approx(sample.var(), rel=0.02)
 
 
+def test_ndtr_is_jaxs_to_an_ulp():
+    """The one-erfc Φ that the moments use is jax.scipy's ndtr (which evaluates erf and
+    erfc both) to rounding, over the whole range where Φ is a normal float64."""
+    x = np.linspace(-37.5, 38.0, 30_001)
+    with jax.enable_x64(True):
+        ours = np.asarray(race_model._ndtr(jnp.asarray(x)))
+        jaxs = np.asarray(jax.scipy.special.ndtr(jnp.asarray(x)))
+    np.testing.assert_allclose(ours, jaxs, rtol=2e-15, atol=0)
+
+
+@pytest.mark.parametrize("q", [2, 3, 4, 6])
+def test_expected_relus_derivative_is_its_closed_forms(q):
+    """expected_relu's own derivative (E σ' and ½ E σ'' for E σ; autodiff for the other
+    two) against differentiating the closed form itself, for every output, in h and τ²
+    over the range the flow visits (measured: ≤ 10⁻¹⁵ absolute)."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        h = jnp.asarray(rng.normal(0.0, 0.5, 2_000))
+        tau2 = jnp.asarray(rng.uniform(1e-6, 0.5, 2_000))
+        w = jnp.asarray(rng.normal(size=(3, 2_000)))
+        total = lambda fn: lambda h, t: sum((w[i] * o).sum() for i, o in enumerate(fn(h, t)))
+        ours = jax.grad(total(lambda h, t: race_model.expected_relu(h, t, q, 1.0)), (0, 1))
+        plain = jax.grad(total(lambda h, t: race_model._moments(h, t, q, 1.0)), (0, 1))
+        for a, b in zip(ours(h, tau2), plain(h, tau2), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-14)
+
+
 @pytest.mark.parametrize(("field", "value"), [("gamma", 0.01), ("project_noise", False), ("q", 1)])
 def test_configs_outside_the_derivation_are_rejected_naming_the_field(field, value, capsys):
     cfg = make_config("tiny", {field: value})
