@@ -472,9 +472,15 @@ def _evaluate_points(
         meta_y, meta_s = [], []
         for key, n, view in ((kt_m, cfg.verify.n_test_multi, "multi"),
                              (kt_s, cfg.verify.n_test_single, "single")):  # fmt: skip
+            # Chunk i's errors are fetched only once chunk i+1's evaluation is dispatched, so
+            # that JAX may draw and evaluate the next chunk while this one finishes on the
+            # other core; one chunk ahead at most, so at most two chunks are held at once.
             parts: list[dict] = []
+            pending = None
             for b in data.iter_chunks(key, cfg.data, n, V[qs[0]], view, dtype=dtype) if n else ():
-                parts.append({k: np.asarray(v) for k, v in fn(params, b.x, b.y).items()})
+                pending, last = fn(params, b.x, b.y), pending
+                if last is not None:
+                    parts.append({k: np.asarray(v) for k, v in last.items()})
                 if acc.wants(view):
                     acc.add(view, b.x, b.y, b.strong_view)
                 if st is not None:
@@ -482,6 +488,8 @@ def _evaluate_points(
                 if view == "single":
                     meta_y.append(np.asarray(b.y))
                     meta_s.append(np.asarray(b.strong_view))
+            if pending is not None:
+                parts.append({k: np.asarray(v) for k, v in pending.items()})
             for name in [*sets, "ensemble"]:
                 size = 1 if name == "ensemble" else jax.tree.leaves(params[name])[0].shape[1]
                 arr = (np.concatenate([p[name] for p in parts], 2) if parts
