@@ -93,7 +93,9 @@ class Accumulator:
     def __init__(
         self, sets: Mapping[str, tuple[ApplyFn, Params]], n_multi: int, n_single: int, k: int
     ) -> None:
-        self.sets = dict(sets)
+        # On the device once: the recorded params come from the host (train._past_stop), and
+        # each of the pass's calls would copy them again.
+        self.sets = {n: (f, jax.device_put(h)) for n, (f, h) in sets.items()}
         self.n = {"multi": n_multi, "single": n_single}
         self.k = k
         self.seen = {"multi": 0, "single": 0}
