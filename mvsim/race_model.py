@@ -195,8 +195,8 @@ _SQRT_HALF = math.sqrt(0.5)
 def _ndtr(x: jax.Array) -> jax.Array:
     """Φ(x) = erfc(−x/√2)/2. jax.scipy's ndtr selects between an erf and two erfc
     branches and so evaluates both functions on every element; one erfc is the same
-    function to rounding in float64 (6.6·10⁻¹⁶ relative on [−38, 38]) and about 6× cheaper on the
-    reduced flow's patch arrays, where Φ dominated the moment calls (docs/race.md §5)."""
+    function to rounding in float64 (6.6·10⁻¹⁶ relative on [−38, 38]) and 3–6× cheaper
+    on the reduced flow's patch arrays, where Φ dominated the moment calls (race.md §5)."""
     return 0.5 * jax.lax.erfc(x * -_SQRT_HALF)
 
 
