@@ -467,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "stores (resumable; rows: --out)")  # fmt: skip
     p.add_argument("--out", help="--validate: the JSON-lines file of its rows "
                    "(default race-validation.jsonl)")  # fmt: skip
+    _cache_arg(p)
     p.set_defaults(fn=cmd_race_model)
 
     p = sub.add_parser("experiment", help="a supporting experiment: report.json, figure, table")

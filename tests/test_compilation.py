@@ -51,3 +51,14 @@ def test_the_error_mode_is_restored_after_the_trace() -> None:
     before = eqx_errors.EQX_ON_ERROR
     _lowered_solve()
     assert eqx_errors.EQX_ON_ERROR == before
+
+
+def test_every_command_that_compiles_can_turn_the_cache_off() -> None:
+    """verify, sweep, experiment and race-model all compile JAX programs; each takes
+    --no-compile-cache, and main() enables the cache for it unless told not to."""
+    from mvsim import cli
+
+    parser = cli.build_parser()
+    for argv in (["verify"], ["sweep"], ["experiment", "race"], ["race-model"]):
+        assert parser.parse_args([*argv]).no_compile_cache is False, argv
+        assert parser.parse_args([*argv, "--no-compile-cache"]).no_compile_cache is True, argv

@@ -90,6 +90,20 @@ def test_committed_config_is_the_demo_run() -> None:
     assert "mvsim verify --config docs/demo/config.toml --ntk --out docs/demo" in README
 
 
+def test_committed_closest_config_is_its_report() -> None:
+    """race.md §6's closest configuration: its config file resolves to the config recorded
+    in its report, and differs from the demo's only in σ_n (σ_n√d = 1.5)."""
+    here = ROOT / "docs" / "race" / "closest"
+    recorded = Config.from_dict(json.loads((here / "report.json").read_text())["config"])
+    cfg = make_config("demo", load_file(here / "config.toml"))
+    assert cfg == dataclasses.replace(recorded, preset="demo")
+    demo = make_config("demo", load_file(ROOT / "docs" / "demo" / "config.toml"))
+    assert cfg == dataclasses.replace(
+        demo, data=dataclasses.replace(demo.data, sigma_n=cfg.data.sigma_n)
+    )
+    assert abs(cfg.data.sigma_n * cfg.data.d**0.5 - 1.5) < 1e-12
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_figures_exist(page: Path) -> None:
     for link in IMAGE.findall(TEXT[page]):
