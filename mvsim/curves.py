@@ -31,7 +31,8 @@ BLOCK = 512
 """Curve points per compiled call: bounds the activations of all S models at one time
 (S·k·m × BLOCK·P for the patch CNN) whatever the subset's size, and keeps them in the
 CPU's cache (13 MB for the demo's 10 singles; at 2,048 points, 52 MB went through memory
-and the demo's curves took 12% more time). The counts are the same at the demo's shapes;
+and the singles' curves alone took 12% more time, though the whole verify showed no
+measurable change: docs/verdicts.md). The counts are the same at the demo's shapes;
 XLA's CPU dot may sum a logit in another order for another block (a few ulps at tiny's
 shapes, no count moved: docs/verdicts.md)."""
 

@@ -411,8 +411,9 @@ EVAL_BLOCK = 512
 """Test points per step of the end point's evaluation (a ``lax.map`` over a chunk): the
 activations of all Q·S models on a block (S·k·m × 512·P floats, 13 MB for the demo's 10
 singles) stay in the CPU's cache, where a whole 8,192-point chunk's (210 MB) went through
-memory: a demo chunk's evaluation takes 29% less time (1.18 -> 0.84 s on the shared 2-core
-machine). Each logit is still its own sum over the same terms; XLA's CPU dot may order
+memory: a demo chunk's evaluation alone takes 29% less time (1.18 -> 0.84 s on the shared
+2-core machine), though the whole verify showed no measurable change (docs/verdicts.md).
+Each logit is still its own sum over the same terms; XLA's CPU dot may order
 them otherwise for another shape (a few ulps at tiny's shapes, none at the demo's; no
 count moves: tests/test_verify.py, docs/verdicts.md)."""
 
@@ -472,15 +473,9 @@ def _evaluate_points(
         meta_y, meta_s = [], []
         for key, n, view in ((kt_m, cfg.verify.n_test_multi, "multi"),
                              (kt_s, cfg.verify.n_test_single, "single")):  # fmt: skip
-            # Chunk i's errors are fetched only once chunk i+1's evaluation is dispatched, so
-            # that JAX may draw and evaluate the next chunk while this one finishes on the
-            # other core; one chunk ahead at most, so at most two chunks are held at once.
             parts: list[dict] = []
-            pending = None
             for b in data.iter_chunks(key, cfg.data, n, V[qs[0]], view, dtype=dtype) if n else ():
-                pending, last = fn(params, b.x, b.y), pending
-                if last is not None:
-                    parts.append({k: np.asarray(v) for k, v in last.items()})
+                parts.append({k: np.asarray(v) for k, v in fn(params, b.x, b.y).items()})
                 if acc.wants(view):
                     acc.add(view, b.x, b.y, b.strong_view)
                 if st is not None:
@@ -488,8 +483,6 @@ def _evaluate_points(
                 if view == "single":
                     meta_y.append(np.asarray(b.y))
                     meta_s.append(np.asarray(b.strong_view))
-            if pending is not None:
-                parts.append({k: np.asarray(v) for k, v in pending.items()})
             for name in [*sets, "ensemble"]:
                 size = 1 if name == "ensemble" else jax.tree.leaves(params[name])[0].shape[1]
                 arr = (np.concatenate([p[name] for p in parts], 2) if parts
