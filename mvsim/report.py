@@ -263,6 +263,12 @@ def text_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def markdown_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of a GitHub-flavoured markdown table (a '|' in a cell is escaped)."""
+    line = lambda r: "| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |"
+    return [line(cols), line(["---"] * len(cols))] + [line(r) for r in rows]
+
+
 def fmt_steps(x: float | None) -> str:
     """A GD-equivalent time, as an integer with thousands separators ('—' for none)."""
     return "—" if x is None else f"{x:,.0f}"

@@ -176,3 +176,27 @@ def test_report_only_trains_nothing_and_lists_what_is_not_run(tmp_path, monkeypa
 def test_cli_report_only_is_for_race_only(capsys):
     assert cli.main(["experiment", "dropping", "--preset", "tiny", "--report-only"]) == 2
     assert "--report-only" in capsys.readouterr().err
+
+
+def test_markdown_tables_are_the_reports_rows(tmp_path, monkeypatch):
+    """The markdown form (docs/race.md's tables) shows every distinct map point once, the
+    shared centre first, with the report's own numbers; ``experiments.write`` saves it."""
+    from mvsim import experiments
+
+    monkeypatch.setattr(race_probe, "run_point", lambda c, i: json.loads(FIXTURE.read_text()))
+    kw = dict(store=tmp_path / "race.sqlite", preset="tiny", checks=False, log=lambda s: None)
+    rep = race.run({"m": (2,)}, TINY, **kw)
+    md = race.markdown(rep)
+    lines = [ln for ln in md.splitlines() if ln.startswith("| m | 2 |")]
+    (row,) = rep["rows"]
+    assert len(lines) == 1 and f"| {row['frac_two_view']:.3f} [" in lines[0]
+    experiments.write(rep, tmp_path / "out", lambda r, p: [])
+    assert (tmp_path / "out" / "tables.md").read_text(encoding="utf-8") == md
+
+
+def test_markdown_puts_the_shared_centre_first_once():
+    rep = json.loads((Path(__file__).parents[1] / "docs" / "race" / "report.json").read_text())
+    md = race.markdown(rep)
+    body = md.split("\n\n")[1].splitlines()[2:]
+    assert body[0].startswith("| **demo** |")
+    assert len(body) == len({r["hash"] for r in rep["rows"]})

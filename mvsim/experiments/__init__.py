@@ -77,9 +77,13 @@ def write(
     rep: dict[str, Any], out: str | Path, figure: Callable[[dict, Path], list[str]]
 ) -> list[str]:
     """``out/report.json`` (atomic), the experiment's figure under ``out/figures`` and
-    ``out/report.html`` (:func:`write_html`); returns the figure files."""
+    ``out/report.html`` (:func:`write_html`), and ``out/tables.md`` where the experiment
+    has a ``markdown`` form (the tables its docs page quotes); returns the figure files."""
     out = Path(out)
     write_json(out / "report.json", rep)
+    md = getattr(module(rep["experiment"]), "markdown", None)
+    if md is not None:
+        (out / "tables.md").write_text(md(rep), encoding="utf-8")
     paths = figure(rep, out / "figures")
     write_html(rep, out / "report.html", paths)
     return paths

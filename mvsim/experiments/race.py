@@ -591,6 +591,70 @@ def _law_lines(law: Sequence[Mapping[str, Any]]) -> list[str]:
             "every map point): " + "; ".join(cells)]  # fmt: skip
 
 
+def markdown(rep: dict[str, Any]) -> str:
+    """docs/race.md §2's tables, generated from the report rather than typed: every map
+    point (the preset's own point once, first), the tolerance checks and the ranking."""
+    from collections import Counter
+
+    from mvsim.report import markdown_table
+
+    rows = rep["rows"]
+    centre = {h for h, n in Counter(r["hash"] for r in rows).items() if n > 1}
+    first = [{**r, "lever": f"**{rep['preset']}**", "shown": "(every lever's centre)"}
+             for r in {r["hash"]: r for r in rows if r["hash"] in centre}.values()]  # fmt: skip
+    body = [_md_point(r) for r in first + [r for r in rows if r["hash"] not in centre]]
+    head = ["lever", "value", "T", "flow_rtol", "fitted", "one / two / no view",
+            "two-view [95% CI]", "r₅₀ [95% CI]", "E/μ", "e_multi", "in band", "escape q50",
+            "loser@esc 1v/2v", "push/need 1v/2v", "fit step", "s"]  # fmt: skip
+    out = ["Every map point (noise levers as σ√d):", "", *markdown_table(head, body)]
+    head = ["lever", "value", "seeds", "flow_rtol (check vs map)",
+            "(class, view) cells agreeing", "two-view check / map", "E/μ check"]  # fmt: skip
+    body = [[c["lever"], _md_value(c["lever"], c["value"]), c["seeds"],
+             f"{c['flow_rtol']:g} vs {c['reference_rtol']:g}", f"{c['agree']}/{c['cells']}",
+             f"{c['two_view']:.3f} / {c['two_view_reference']:.3f}",
+             f"{c['error_over_mu']:.3f}"] for c in rep["checks"]]  # fmt: skip
+    out += ["", "The tolerance checks:", "", *markdown_table(head, body)]
+    return "\n".join(out + ["", "The ranking:", "", *_md_ranking(rep)]) + "\n"
+
+
+def _md_value(lever: str, v: Any) -> str:
+    return f"{v * _ROOT200:.3g}" if lever in ("sigma_p", "sigma_n") else _fmt_value(v)
+
+
+def _md_point(r: Mapping[str, Any]) -> list[str]:
+    f = lambda key, d: "—" if r.get(key) is None or not math.isfinite(r[key]) else f"{r[key]:.{d}f}"
+    return [
+        r["lever"], r.get("shown") or _md_value(r["lever"], r["value"]), r["T"],
+        f"{r['flow_rtol']:g}", f"{r['seeds'] - r['seeds_unfitted']}/{r['seeds']}",
+        f"{r['frac_one_view']:.3f} / {r['frac_two_view']:.3f} / {r['frac_no_view']:.3f}",
+        fmt_ci(r["frac_two_view"], r["frac_two_view_lo"], r["frac_two_view_hi"]),
+        fmt_ci(r["r50"], r["r50_lo"], r["r50_hi"], 2), f("error_over_mu", 3), f("e_multi", 4),
+        f("in_band", 2), f("escape_q50", 0),
+        f"{f('loser_at_escape_one', 3)} / {f('loser_at_escape_two', 3)}",
+        f"{f('push_over_need_one', 2)} / {f('push_over_need_two', 2)}",
+        f("memorised_last", 0), f("point_seconds", 0),
+    ]  # fmt: skip
+
+
+def _md_ranking(rep: dict[str, Any]) -> list[str]:
+    from mvsim.report import markdown_table
+
+    body = []
+    for k in rep["ranking"]:
+        rs = [r for r in rep["rows"] if r["lever"] == k["lever"] and r["axis"] > 0 and r["classes"]]
+        no = [r["frac_no_view"] for r in rs]
+        body.append([
+            k["lever"], ", ".join(_md_value(k["lever"], r["value"]) for r in rs),
+            fmt_ci(k["two_view_slope"], k["two_view_slope_lo"], k["two_view_slope_hi"]),
+            "{:.3f}–{:.3f}".format(*k["two_view_range"]),
+            fmt_ci(k["r50_slope"], k["r50_slope_lo"], k["r50_slope_hi"]),
+            f"{min(no):.3f}–{max(no):.3f}",
+        ])  # fmt: skip
+    head = ["lever", "values run", "two-view per doubling [95% CI]", "two-view over the range",
+            "r₅₀ per doubling [95% CI]", "no-view over the range"]  # fmt: skip
+    return markdown_table(head, body)
+
+
 def figure(rep: dict[str, Any], out: Path) -> list[str]:
     """Four figures: the two-view fraction and r₅₀ against each lever, each lever's race
     curves overlaid, and the race law (two-view fraction against the loser's push over
