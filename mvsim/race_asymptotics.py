@@ -221,9 +221,10 @@ class _Segment(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("q", "varrho", "rtol"))
 def _segments(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
-    """Every seed's flow over [t0, t1] from y0 (vmapped), saved at ``save``."""
+    """Every seed's flow over [t0, t1] from y0, one seed after another
+    (:func:`mvsim.race_model.seedwise`), saved at ``save``."""
     one = functools.partial(_segment, q=q, varrho=varrho, rtol=rtol)
-    return jax.vmap(one, in_axes=(0, 0, None, None, None, None, 0))(init, y0, st, t0, t1, save, dt0)
+    return race_model.seedwise(lambda a: one(a[0], a[1], st, t0, t1, save, a[2]), (init, y0, dt0))
 
 
 def _segment(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
@@ -231,12 +232,15 @@ def _segment(init, y0, st, t0, t1, save, dt0, *, q, varrho, rtol) -> _Segment:
     its stop event, from y0 at t0."""
     import diffrax as dfx
 
+    from mvsim.flow import cacheable_checks
+
     field, margin, ctrl = race_model.flow_parts(init, st, q=q, varrho=varrho, rtol=rtol)
     record = lambda t, y, a: (jnp.maximum(y[0].max(1), 0.0), margin(y))
     saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=save, fn=record), dfx.SubSaveAt(t1=True)])
-    sol = dfx.diffeqsolve(dfx.ODETerm(field), dfx.Heun(), t0, t1, dt0, y0,
-                          stepsize_controller=ctrl, saveat=saveat, max_steps=200_000,
-                          throw=False)  # fmt: skip
+    with cacheable_checks():  # no host callback: the persistent cache can keep it
+        sol = dfx.diffeqsolve(dfx.ODETerm(field), dfx.Heun(), t0, t1, dt0, y0,
+                              stepsize_controller=ctrl, saveat=saveat, max_steps=200_000,
+                              throw=False)  # fmt: skip
     lam, m = sol.ys[0]
     y1 = jax.tree.map(lambda a: a[0], sol.ys[1])
     ok = sol.result == dfx.RESULTS.successful

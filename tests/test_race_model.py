@@ -140,3 +140,60 @@ def test_reduced_model_on_tiny_against_a_recorded_full_run():
     fitted = [r["train_accuracy"] >= 1 for r in single["per_model"]]
     assert (np.asarray(res["views"]) == views).all(-1).mean() >= AGREE
     assert np.asarray(res["fitted"]).tolist() == fitted
+
+
+def _tiny_inputs(seeds: int = 2):
+    """The race map's tiny point (m = 2) as :func:`race_model.predict` builds it: the
+    training set verify draws and the full run's own inits, as float64 arrays."""
+    from mvsim import data, learners
+    from mvsim.train import init_seeds
+    from mvsim.verify import stream
+
+    cfg = make_config("tiny", {"seeds": seeds, "m": 2})
+    D, M = cfg.data, cfg.model
+    V = data.features(stream(cfg, "features"), D.d, D.k)
+    ts, truth = data.training_set(stream(cfg, "data"), D, V, ground_truth=True)
+    y, noise = np.asarray(ts.y), np.asarray(truth.noise)
+    W0 = init_seeds(learners.network(M, D.k, D.d, D.P), stream(cfg, "init"), seeds)
+    with jax.enable_x64(True):
+        st = jax.tree.map(jnp.asarray, race_model.structure(cfg, y, np.asarray(truth.coef), noise))
+        init = jax.tree.map(jnp.asarray, race_model.actual_init(np.asarray(W0), np.asarray(V),
+                                                                noise, y))  # fmt: skip
+    kw = dict(q=M.q, varrho=M.varrho, T=cfg.train.T, n_log=cfg.train.n_log,
+              rtol=race_model.RTOL, solver="heun", stop=True)  # fmt: skip
+    return cfg, st, init, kw
+
+
+def test_seeds_one_at_a_time_is_the_vmapped_solve():
+    """solve runs the seeds one after another (race_model.seedwise) and records no
+    margins, where it ran them vmapped and recorded every point's margin: the same flow,
+    so the same solver steps, stops, fits and learned views, and Λ to rounding (the two
+    programs fuse differently; measured at the demo's 16 seeds: 7·10⁻¹² relative). Of
+    tiny's two seeds one fits (the stop event) and one runs to T."""
+    import functools
+
+    cfg, st, init, kw = _tiny_inputs()
+    with jax.enable_x64(True):
+        eta = jnp.asarray(cfg.train.eta)
+        one = functools.partial(race_model._solve, margins=True, **kw)
+        vmapped = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+        old = jax.tree.map(np.asarray, vmapped(init, st, eta))
+        new = jax.tree.map(np.asarray, race_model.solve(init, st, eta, **kw))
+    assert old.ok.all() and old.fitted.any() and not old.fitted.all()
+    np.testing.assert_array_equal(new.steps, old.steps)
+    np.testing.assert_array_equal(new.fitted, old.fitted)
+    np.testing.assert_allclose(new.stop_step, old.stop_step, rtol=1e-9)
+    np.testing.assert_allclose(new.lam, old.lam, rtol=1e-9, atol=1e-15)
+    thr = cfg.verify.view_threshold * cfg.model.varrho
+    np.testing.assert_array_equal(new.A.max(2) >= thr, old.A.max(2) >= thr)
+    assert new.margin is None and np.isfinite(old.margin[:, 0]).all()
+
+
+def test_the_reduced_flows_program_holds_no_host_callback():
+    """The solve is traced with flow.cacheable_checks, so its program can enter JAX's
+    persistent compile cache (JAX caches nothing holding a host callback): a rerun of the
+    same shapes compiles nothing. tests/test_compilation.py checks the full flow's."""
+    cfg, st, init, kw = _tiny_inputs()
+    with jax.enable_x64(True):
+        text = race_model.solve.lower(init, st, jnp.asarray(cfg.train.eta), **kw).as_text()
+    assert "func.func" in text and "callback" not in text
