@@ -104,6 +104,19 @@ def test_committed_closest_config_is_its_report() -> None:
     assert abs(cfg.data.sigma_n * cfg.data.d**0.5 - 1.5) < 1e-12
 
 
+def test_race_page_quotes_the_generated_tables() -> None:
+    """docs/race/tables.md is the committed race report's markdown form, and race.md
+    quotes every one of its table rows: the page's numbers are the report's."""
+    from mvsim.experiments import race
+
+    here = ROOT / "docs" / "race"
+    tables = (here / "tables.md").read_text(encoding="utf-8")
+    assert tables == race.markdown(json.loads((here / "report.json").read_text()))
+    page = set((ROOT / "docs" / "race.md").read_text(encoding="utf-8").splitlines())
+    missing = [ln for ln in tables.splitlines() if ln.startswith("|") and ln not in page]
+    assert not missing, missing[:3]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_figures_exist(page: Path) -> None:
     for link in IMAGE.findall(TEXT[page]):
