@@ -378,7 +378,8 @@ def seedwise(fn: Callable, xs: Any) -> Any:
     one at a time, a seed stops when it is done and its arrays stay in cache. Measured at
     the demo's 16 seeds (docs/race.md §5, old and new interleaved in one process): the
     field 189 → 87 ms for all seeds, the solve 1.3–1.5× faster (1.2× on a k = 100
-    population's 2 seeds), the same numbers to rounding (7·10⁻¹² relative)."""
+    population's 2 seeds), the same numbers to rounding (7·10⁻¹² relative). Whole
+    ``mvsim race-model`` processes back to back showed no gain (race.md §5, not explained)."""
     return jax.lax.map(fn, xs)
 
 
@@ -416,8 +417,8 @@ def _solve(init: Init, st: Structure, eta, *, q, varrho, T, n_log, rtol, solver,
     save = dfx.SaveAt(subs=[dfx.SubSaveAt(ts=ts, fn=record), dfx.SubSaveAt(t1=True)])
     method = {"tsit5": dfx.Tsit5(), "heun": dfx.Heun()}[solver]
     # η is traced, so diffrax's checks on the saved times become runtime checks; traced
-    # without their host callback (flow.cacheable_checks) the program can enter the
-    # persistent compile cache, and a rerun of the same shapes compiles nothing.
+    # without their host callback (flow.cacheable_checks), as the full flow's are. (With
+    # jax 0.10.2 the program entered the persistent cache without this too: race.md §5.)
     with cacheable_checks():
         sol = dfx.diffeqsolve(dfx.ODETerm(field), method, 0.0, T * eta, eta,
                               (init.A, init.B, init.U), stepsize_controller=ctrl, event=event,

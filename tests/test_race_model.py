@@ -190,9 +190,9 @@ def test_seeds_one_at_a_time_is_the_vmapped_solve():
 
 
 def test_the_reduced_flows_program_holds_no_host_callback():
-    """The solve is traced with flow.cacheable_checks, so its program can enter JAX's
-    persistent compile cache (JAX caches nothing holding a host callback): a rerun of the
-    same shapes compiles nothing. tests/test_compilation.py checks the full flow's."""
+    """The solve is traced with flow.cacheable_checks, as the full flow's is
+    (tests/test_compilation.py), so no host callback can keep its program out of JAX's
+    persistent compile cache."""
     cfg, st, init, kw = _tiny_inputs()
     with jax.enable_x64(True):
         text = race_model.solve.lower(init, st, jnp.asarray(cfg.train.eta), **kw).as_text()
