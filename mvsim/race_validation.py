@@ -162,3 +162,52 @@ def table(rows: list[dict[str, Any]]) -> str:
     out.append(f"two-view fraction inside the measured 95% CI: {sum(two)}/{len(two)}; "
                f"r50 inside its CI: {sum(r50)}/{len(r50)} (of the points with an r50)")  # fmt: skip
     return "\n".join(out)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The validation table as docs/race.md §4 quotes it: one row per point in the file's
+    order, the store named by what it holds (a race-map point the report beside its store
+    leaves out is an earlier run of the same lever value, labelled with its T)."""
+    from mvsim.experiments import fmt_ci
+    from mvsim.report import markdown_table
+
+    f = lambda v, d=2: "—" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
+    yes = {True: "yes", False: "no", None: "—"}
+    body = [[_store_label(r), _point_label(r["point"]), r["classes"], f"{r['class_agreement']:.3f}",
+             fmt_ci(r["two_view"], r["two_view_lo"], r["two_view_hi"]),
+             f(r["two_view_predicted"], 3), yes[r["two_view_inside"]],
+             fmt_ci(r["r50"], r["r50_lo"], r["r50_hi"], 2), f(r["r50_predicted"]),
+             yes[r["r50_inside"]], f(r.get("escape_ratio")), f(r.get("stop_ratio")),
+             r["phase_wrong"] or "", f"{r['seconds']:.0f}"] for r in rows]  # fmt: skip
+    head = ["store", "point", "classes", "classes agreeing", "two-view measured [95% CI]",
+            "predicted", "inside", "r₅₀ measured [95% CI]", "predicted", "inside",
+            "escape ratio", "stop ratio", "phase wrong", "s"]  # fmt: skip
+    return "\n".join(markdown_table(head, body)) + "\n"
+
+
+def _point_label(point: dict[str, Any]) -> str:
+    out = []
+    for name, v in point.items():
+        if name in ("sigma_p", "sigma_n"):  # as the map shows them: the noise's norm σ√d
+            out.append(f"{name}={v * math.sqrt(200):.2g} (norm)")
+        elif isinstance(v, list):
+            out.append(f"{name}=({v[0]}, {v[1]})")
+        else:
+            out.append(f"{name}={v}")
+    return " ".join(out)
+
+
+def _store_label(row: dict[str, Any]) -> str:
+    store = Path(row["store"])
+    if store.parent.name != "race":
+        return f"k-scaling {store.parent.name}"
+    report = store.parent / "report.json"
+    if not report.exists() or row["hash"] in {
+        r["hash"] for r in json.loads(report.read_text())["rows"]
+    }:
+        return "race map"
+    from mvsim.store import read_results
+
+    df = read_results(store)
+    cfg = json.loads(df[df["config_hash"] == row["hash"]].iloc[0]["config_json"])
+    return f"race map (T = {cfg['train']['T']:,}, earlier run)"

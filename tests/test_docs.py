@@ -117,6 +117,17 @@ def test_race_page_quotes_the_generated_tables() -> None:
     assert not missing, missing[:3]
 
 
+def test_race_page_quotes_the_validation_rows() -> None:
+    """race.md §4's table is docs/race/validation.jsonl's markdown form, row for row, in
+    the file's order."""
+    from mvsim import race_validation
+
+    lines = (ROOT / "docs" / "race" / "validation.jsonl").read_text().splitlines()
+    table = race_validation.markdown([json.loads(ln) for ln in lines])
+    page = (ROOT / "docs" / "race.md").read_text(encoding="utf-8")
+    assert table.rstrip("\n") in page
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_figures_exist(page: Path) -> None:
     for link in IMAGE.findall(TEXT[page]):
