@@ -141,10 +141,10 @@ def run(stores: list[str | Path], out: str | Path, log: Any = print) -> list[dic
 def table(rows: list[dict[str, Any]]) -> str:
     """The validation table, and the share of points inside each CI."""
     from mvsim.experiments import fmt_ci, text_table
+    from mvsim.experiments import fmt_num as fmt
 
     head = ["store", "point", "classes", "agree", "two-view [95% CI]", "pred", "in",
             "r50 [95% CI]", "pred", "in", "escape", "stop", "phase wrong"]  # fmt: skip
-    fmt = lambda v, d=2: "—" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
     body = []
     for r in rows:
         body.append([
@@ -169,11 +169,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     order, the store named by what it holds (a race-map point the report beside its store
     leaves out is an earlier run of the same lever value, labelled with its T)."""
     from mvsim.experiments import fmt_ci
+    from mvsim.experiments import fmt_num as f
     from mvsim.report import markdown_table
 
-    f = lambda v, d=2: "—" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
     yes = {True: "yes", False: "no", None: "—"}
-    body = [[_store_label(r), _point_label(r["point"]), r["classes"], f"{r['class_agreement']:.3f}",
+    labels = _store_labels(rows)
+    body = [[labels[r["store"], r["hash"]], _point_label(r["point"]), r["classes"],
+             f"{r['class_agreement']:.3f}",
              fmt_ci(r["two_view"], r["two_view_lo"], r["two_view_hi"]),
              f(r["two_view_predicted"], 3), yes[r["two_view_inside"]],
              fmt_ci(r["r50"], r["r50_lo"], r["r50_hi"], 2), f(r["r50_predicted"]),
@@ -186,10 +188,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _point_label(point: dict[str, Any]) -> str:
+    from mvsim.experiments.race import LEVERS
+
     out = []
     for name, v in point.items():
         if name in ("sigma_p", "sigma_n"):  # as the map shows them: the noise's norm σ√d
-            out.append(f"{name}={v * math.sqrt(200):.2g} (norm)")
+            out.append(f"{name}={LEVERS[name].axis(v):.2g} (norm)")
         elif isinstance(v, list):
             out.append(f"{name}=({v[0]}, {v[1]})")
         else:
@@ -197,17 +201,22 @@ def _point_label(point: dict[str, Any]) -> str:
     return " ".join(out)
 
 
-def _store_label(row: dict[str, Any]) -> str:
-    store = Path(row["store"])
-    if store.parent.name != "race":
-        return f"k-scaling {store.parent.name}"
-    report = store.parent / "report.json"
-    if not report.exists() or row["hash"] in {
-        r["hash"] for r in json.loads(report.read_text())["rows"]
-    }:
-        return "race map"
+def _store_labels(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """{(store, hash): label}, each store's report and results read once."""
     from mvsim.store import read_results
 
-    df = read_results(store)
-    cfg = json.loads(df[df["config_hash"] == row["hash"]].iloc[0]["config_json"])
-    return f"race map (T = {cfg['train']['T']:,}, earlier run)"
+    out = {}
+    for name in dict.fromkeys(r["store"] for r in rows):
+        store = Path(name)
+        hashes = [r["hash"] for r in rows if r["store"] == name]
+        if store.parent.name != "race":
+            out.update({(name, h): f"k-scaling {store.parent.name}" for h in hashes})
+            continue
+        report = store.parent / "report.json"
+        shown = ({r["hash"] for r in json.loads(report.read_text())["rows"]}
+                 if report.exists() else set(hashes))  # fmt: skip
+        df = read_results(store).drop_duplicates("config_hash").set_index("config_hash")
+        for h in hashes:
+            T = json.loads(df.loc[h, "config_json"])["train"]["T"] if h not in shown else None
+            out[name, h] = "race map" if T is None else f"race map (T = {T:,}, earlier run)"
+    return out

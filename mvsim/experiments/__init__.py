@@ -73,6 +73,11 @@ def fmt_ci(rate: float, lo: float, hi: float, digits: int = 3) -> str:
     return f"{rate:.{digits}f} [{end(lo, '−∞')}, {end(hi, '∞')}]"
 
 
+def fmt_num(v: float | None, digits: int = 2) -> str:
+    """A number to ``digits`` decimals, or '—' where it is undefined (None, NaN, ±∞)."""
+    return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
 def write(
     rep: dict[str, Any], out: str | Path, figure: Callable[[dict, Path], list[str]]
 ) -> list[str]:

@@ -30,8 +30,9 @@ import numpy as np
 
 from mvsim import sweep
 from mvsim.config import Config, ConfigError, make_config
-from mvsim.experiments import envelope, fmt_ci, text_table
+from mvsim.experiments import envelope, fmt_ci, fmt_num, text_table
 from mvsim.experiments.k_scaling import escape_spread, race, view_fractions
+from mvsim.report import markdown_table
 from mvsim.stats import normal_quantile
 
 SEEDS = 16  # ≥ 160 classes a point at k = 10
@@ -483,7 +484,7 @@ def ranking(rows: Sequence[Mapping[str, Any]], boot: int = 400) -> list[dict[str
     out = []
     rng = np.random.default_rng(0)
     for name in dict.fromkeys(r["lever"] for r in rows):
-        rs = [r for r in rows if r["lever"] == name and r["axis"] > 0 and r["classes"]]
+        rs = _ranked_rows(rows, name)
         if len(rs) < 2:
             continue
         x = np.log2([r["axis"] for r in rs])
@@ -502,6 +503,11 @@ def ranking(rows: Sequence[Mapping[str, Any]], boot: int = 400) -> list[dict[str
             "r50_move": r50[0] * span,
         })  # fmt: skip
     return sorted(out, key=lambda d: -abs(d["two_view_move"]))
+
+
+def _ranked_rows(rows: Sequence[Mapping[str, Any]], lever: str) -> list[Mapping[str, Any]]:
+    """The rows a lever's slopes are fitted to: values > 0 (a log axis) with classes."""
+    return [r for r in rows if r["lever"] == lever and r["axis"] > 0 and r["classes"]]
 
 
 def _slope_ci(x, p, n, rng, boot) -> tuple[float, float, float]:
@@ -597,8 +603,6 @@ def markdown(rep: dict[str, Any]) -> str:
     and the race law (§1)."""
     from collections import Counter
 
-    from mvsim.report import markdown_table
-
     rows = rep["rows"]
     centre = {h for h, n in Counter(r["hash"] for r in rows).items() if n > 1}
     first = [{**r, "lever": f"**{rep['preset']}**", "shown": "(every lever's centre)"}
@@ -627,7 +631,7 @@ def _md_value(lever: str, v: Any) -> str:
 
 
 def _md_point(r: Mapping[str, Any]) -> list[str]:
-    f = lambda key, d: "—" if r.get(key) is None or not math.isfinite(r[key]) else f"{r[key]:.{d}f}"
+    f = lambda key, d: fmt_num(r.get(key), d)
     return [
         r["lever"], r.get("shown") or _md_value(r["lever"], r["value"]), r["T"],
         f"{r['flow_rtol']:g}", f"{r['seeds'] - r['seeds_unfitted']}/{r['seeds']}",
@@ -642,11 +646,9 @@ def _md_point(r: Mapping[str, Any]) -> list[str]:
 
 
 def _md_ranking(rep: dict[str, Any]) -> list[str]:
-    from mvsim.report import markdown_table
-
     body = []
     for k in rep["ranking"]:
-        rs = [r for r in rep["rows"] if r["lever"] == k["lever"] and r["axis"] > 0 and r["classes"]]
+        rs = _ranked_rows(rep["rows"], k["lever"])
         no = [r["frac_no_view"] for r in rs]
         body.append([
             k["lever"], ", ".join(_md_value(k["lever"], r["value"]) for r in rs),
